@@ -2,7 +2,7 @@
 
 Layout (token level, see model/README.md):
 
-    [CLS] opening exchange … recent turns, newest last [SEP] gap marker + target agent turn [SEP]
+    [CLS] opening exchange （略） recent turns, newest last [SEP] gap marker + target agent turn [SEP]
 
 Every context turn is written `客：text`, `服：text` or `系：text` (customer, agent, system). When timestamps are
 present, a turn that comes after a noticeable pause is preceded by a gap marker such as `〔隔4小时〕`, and the
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from ..data.schema import parse_ts
 
 ROLE_PREFIX = {"customer": "客：", "agent": "服：", "system": "系："}
-ELLIPSIS = "……"
+ELLIPSIS = "（略）"  # "……" is not in the bert-base-chinese vocabulary
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,32 @@ def export_model(model_dir, check_file, output_dir=None, max_abs_diff=1e-4, max_
     report["passed"] = not failures
     report["failures"] = failures
     (output_dir / "export_report.json").write_text(json.dumps(report, indent=2))
+    # A file that failed its check must not be picked up by the runtime (which prefers int8, then fp32).
+    if report["fp32_vs_torch_max_abs_diff"] > max_abs_diff:
+        fp32_path.unlink()
+        int8_path.unlink()
+    elif report["int8_vs_fp32_max_f1_drop"] > max_f1_drop:
+        int8_path.unlink()
     if failures:
         raise ExportCheckFailed("; ".join(failures))
     return report
+
+
+SHIPPED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "README.md",
+                 "run_info.json", "metrics_dev.json", "metrics_test.json", "onnx/export_report.json",
+                 "onnx/model.int8.onnx")
+
+
+def ship_model(model_dir, target):
+    """Copy what scoring needs (int8 ONNX, tokenizer, config, card, reports) into a package model folder."""
+    import shutil
+    model_dir, target = Path(model_dir), Path(target)
+    if not (model_dir / "onnx" / "model.int8.onnx").is_file():
+        raise FileNotFoundError(f"{model_dir}/onnx/model.int8.onnx is missing: export (and pass its checks) first")
+    target.mkdir(parents=True, exist_ok=True)
+    for stale in target.iterdir():
+        stale.unlink()
+    for name in SHIPPED_FILES:
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, target / Path(name).name)
+    return target

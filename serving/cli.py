@@ -26,7 +26,7 @@ def build_scorer(args):
 
 
 def score_stream(items, scorer):
-    """Output records for ReadItems, in input order, one per item."""
+    """(ReadItem, output record) for every input conversation, in input order."""
     from .runtime import error_record
     items = iter(items)
     while chunk := list(islice(items, CHUNK)):
@@ -34,12 +34,25 @@ def score_stream(items, scorer):
         scored = iter(scorer.score_records([item.record for item in readable]))
         for item in chunk:
             if item.error is not None:
-                yield {"id": item.conversation_id, "error": item.error, "line": item.line}
+                yield item, {"id": item.conversation_id, "error": item.error, "line": item.line}
                 continue
             record = next(scored)
             if "error" in record:
-                record = error_record(item.record, record["error"], item.line) | {"id": record["id"]}
-            yield record
+                record = error_record(item.record, record["error"], item.line)
+            yield item, record
+
+
+def explain(item, record):
+    """A few readable lines about one output record: its error, or its flagged turns with their text."""
+    if "error" in record:
+        return f"[{record['id']}] line {record['line']}: error: {record['error']}"
+    lines = [f"[{record['id']}] " + (", ".join(record["labels"]) or "clean")]
+    for turn in record["turns"]:
+        if turn["labels"]:
+            text = item.record["turns"][turn["index"]]["text"]
+            scores = " ".join(f"{label} {turn['scores'][label]:.2f}" for label in turn["labels"])
+            lines.append(f"    turn {turn['index']} ({scores}): {text[:80]}")
+    return "\n".join(lines)
 
 
 def _count_lines(path):
@@ -56,7 +69,9 @@ def command_score(args):
     summary, flagged = Counter(), Counter()
     with _open_output(args.output) as out:
         progress = tqdm(total=total, unit="conv", desc="score", disable=args.quiet or None, file=sys.stderr)
-        for record in score_stream(read_conversations(args.input, args.input_format), scorer):
+        for item, record in score_stream(read_conversations(args.input, args.input_format), scorer):
+            if args.explain:
+                progress.write(explain(item, record), file=sys.stderr)
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             summary["conversations"] += 1
             if "error" in record:
@@ -103,6 +118,9 @@ def command_export(args):
         return 1
     print(json.dumps({k: report[k] for k in ("fp32_vs_torch_max_abs_diff", "int8_vs_fp32_max_f1_drop",
                                              "macro_f1", "size_bytes")}, indent=2))
+    if args.ship_to:
+        from ..model.export import ship_model
+        print(f"shipped to {ship_model(args.model_dir, args.ship_to)}")
     return 0
 
 
@@ -137,6 +155,7 @@ def parser():
     score.add_argument("--input-format", choices=["jsonl", "csv"], help="override the file extension")
     score.add_argument("--batch-size", type=int, default=32, help="agent turns per inference batch")
     score.add_argument("--threads", type=int, default=0, help="inference threads (0: all cores)")
+    score.add_argument("--explain", action="store_true", help="print each conversation's flagged turns to stderr")
     score.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     score.set_defaults(handler=command_score)
 
@@ -152,6 +171,9 @@ def parser():
     export.add_argument("--output-dir", help="where to write the ONNX files (default: MODEL_DIR/onnx)")
     export.add_argument("--max-abs-diff", type=float, default=1e-4, help="fp32 ONNX vs torch, probabilities")
     export.add_argument("--max-f1-drop", type=float, default=0.02, help="int8 vs fp32, per-label F1")
+    export.add_argument("--ship-to", metavar="DIR",
+                        help="after passing the checks, copy the int8 model, tokenizer and card to DIR "
+                             "(model/default is the model the package ships)")
     export.set_defaults(handler=command_export)
 
     data = commands.add_parser("data", help="check and describe annotated data files")

@@ -1,0 +1,45 @@
+import pytest
+
+from hengwen.data.schema import ConversationError, check_conversation, conversation_problems, parse_ts
+
+
+def conversation(**changes):
+    base = {"id": "c1", "turns": [{"role": "customer", "text": "在吗"}, {"role": "agent", "text": "在的"}]}
+    return base | changes
+
+
+def test_valid_conversation_has_no_problems():
+    assert conversation_problems(conversation()) == []
+
+
+@pytest.mark.parametrize("record, reason", [
+    (conversation(id=""), "missing id"),
+    (conversation(turns=[]), "turns must be a non-empty list"),
+    (conversation(turns=[{"role": "customer", "text": "hi"}]), "no agent turn"),
+    (conversation(turns=[{"role": "bot", "text": "hi"}, {"role": "agent", "text": "好"}]), "unknown role 'bot'"),
+    (conversation(turns=[{"role": "agent", "text": "  "}]), "turn 0: empty text"),
+    (conversation(turns=[{"role": "agent", "text": "好", "ts": "yesterday"}]), "not ISO 8601"),
+    (conversation(turns=[{"role": "agent", "text": "好", "ts": "2026-03-01T10:00:00"}]), "no UTC offset"),
+    (["not", "an", "object"], "must be a JSON object"),
+])
+def test_each_kind_of_bad_conversation_is_named(record, reason):
+    problems = conversation_problems(record)
+    assert any(reason in p for p in problems), problems
+    with pytest.raises(ConversationError):
+        check_conversation(record)
+
+
+def test_annotated_mode_requires_known_labels_on_agent_turns_only():
+    record = conversation(turns=[{"role": "customer", "text": "在吗", "labels": []},
+                                 {"role": "agent", "text": "在的"},
+                                 {"role": "agent", "text": "亲", "labels": ["rude"]}])
+    problems = conversation_problems(record, annotated=True)
+    assert "turn 0: labels on a customer turn" in problems
+    assert "turn 1: agent turn without a labels list" in problems
+    assert "turn 2: unknown labels ['rude']" in problems
+    assert conversation_problems(record) == []
+
+
+def test_timestamps_with_offset_parse():
+    assert parse_ts("2026-03-01T10:00:05+08:00").utcoffset().total_seconds() == 8 * 3600
+    assert parse_ts("2026-03-01T02:00:05Z").hour == 2

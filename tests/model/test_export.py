@@ -1,0 +1,39 @@
+import json
+
+import pytest
+
+from hengwen.model.export import ExportCheckFailed, export_model, ship_model
+from hengwen.serving.runtime import Scorer
+
+from ..conftest import TINY_DATA
+
+
+def test_onnx_matches_torch(tiny_model):
+    report = json.loads((tiny_model / "onnx" / "export_report.json").read_text())
+    assert report["fp32_vs_torch_max_abs_diff"] <= 1e-4
+    records = [json.loads(line) for line in TINY_DATA.read_text().splitlines()]
+    torch_out = Scorer(tiny_model, engine="torch").score_records(records)
+    onnx_out = Scorer(tiny_model, engine="onnx", quantization="fp32").score_records(records)
+    for a, b in zip(torch_out, onnx_out):
+        for turn_a, turn_b in zip(a["turns"], b["turns"]):
+            for label, score in turn_a["scores"].items():
+                assert abs(score - turn_b["scores"][label]) <= 1e-4
+
+
+def test_export_refuses_and_removes_a_model_that_fails_its_check(tiny_model_copy):
+    with pytest.raises(ExportCheckFailed, match="int8 loses"):
+        export_model(tiny_model_copy, TINY_DATA, max_f1_drop=-1.0, log=lambda *_: None)
+    report = json.loads((tiny_model_copy / "onnx" / "export_report.json").read_text())
+    assert report["passed"] is False and report["failures"]
+    assert not (tiny_model_copy / "onnx" / "model.int8.onnx").exists()
+    assert (tiny_model_copy / "onnx" / "model.onnx").exists()
+    with pytest.raises(FileNotFoundError, match="export"):
+        ship_model(tiny_model_copy, tiny_model_copy / "shipped")
+
+
+def test_shipped_folder_scores_on_its_own(tiny_model, tmp_path):
+    shipped = ship_model(tiny_model, tmp_path / "shipped")
+    assert (shipped / "model.int8.onnx").is_file() and not (shipped / "model.safetensors").exists()
+    record = json.loads(TINY_DATA.read_text().splitlines()[0])
+    (result,) = Scorer(shipped).score_records([record])
+    assert result["id"] == record["id"] and len(result["turns"]) == 2

@@ -1,0 +1,55 @@
+import json
+
+import numpy as np
+import pytest
+
+from hengwen.model.classifier import ModelSettings
+from hengwen.model.labels import LABELS
+from hengwen.training.args import TrainingConfig
+from hengwen.training.train import train
+
+from ..conftest import tiny_config
+
+
+def test_training_saves_a_complete_model_folder(tiny_model):
+    settings = ModelSettings(tiny_model)
+    assert settings.labels == LABELS
+    config = json.loads((tiny_model / "config.json").read_text())
+    assert config["label2id"] == {label: i for i, label in enumerate(LABELS)}
+    assert config["problem_type"] == "multi_label_classification"
+    assert set(settings.thresholds) == set(LABELS) and all(0 < t < 1 for t in settings.thresholds.values())
+    assert settings.encoding.max_length == 64
+    dev = json.loads((tiny_model / "metrics_dev.json").read_text())
+    for level in ("turn", "conversation"):
+        assert set(dev[level]["per_label"]) == set(LABELS)
+        for metrics in dev[level]["per_label"].values():
+            assert {"precision", "recall", "f1", "support"} <= set(metrics)
+    info = json.loads((tiny_model / "run_info.json").read_text())
+    assert len(info["data_sha256"]["train_file"]) == 64
+    assert info["config"]["train"]["seed"] == 13
+    card = (tiny_model / "README.md").read_text()
+    assert "Licence" in card and "overbearing" in card
+
+
+def test_same_seed_same_model(tmp_path, tiny_base):
+    runs = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        config = TrainingConfig.from_json(tiny_config(folder, tiny_base, epochs=1, eval_every_epoch=False))
+        train(config, log=lambda *_: None)
+        runs.append(json.loads((folder / "model" / "metrics_dev.json").read_text()))
+    assert runs[0] == runs[1]
+
+
+def test_config_rejects_unknown_fields(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"train": {"epochz": 3}}))
+    with pytest.raises(ValueError, match="epochz"):
+        TrainingConfig.from_json(path)
+
+
+def test_overrides_reach_the_config(tmp_path, tiny_base):
+    config = TrainingConfig.from_json(tiny_config(tmp_path, tiny_base), {"train.epochs": 5,
+                                                                         "encoding.gap_markers": False})
+    assert config.train.epochs == 5 and config.encoding.gap_markers is False
