@@ -135,6 +135,19 @@ def command_data(args):
             failed |= bool(problems)
             print(f"{path}: {'INVALID, ' + str(len(problems)) + ' problems' if problems else 'ok'}", file=sys.stderr)
         return 1 if failed else 0
+    if args.data_command == "split":
+        from ..data.split import write_splits
+        report = write_splits(args.files, args.output_dir, args.test_only_domains, dev_share=args.dev_share,
+                              test_share=args.test_share, near_duplicate=args.near_duplicate, seed=args.seed)
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0
+    if args.data_command == "audit":
+        from ..data.audit import surface_audit
+        result = surface_audit(*args.files)
+        print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else
+              f"form-only classifier, test turn macro-F1 {result['test']['macro_f1']:.3f} "
+              + " ".join(f"{k} {v['f1']:.3f}" for k, v in result["test"]["per_label"].items()))
+        return 0
     stats = corpus_stats(args.files)
     print(json.dumps(stats, indent=2, ensure_ascii=False) if args.json else format_stats(stats))
     return 0
@@ -184,6 +197,18 @@ def parser():
     stats = data_commands.add_parser("stats", help="conversations, turns, labels, industries, scripts")
     stats.add_argument("files", nargs="+")
     stats.add_argument("--json", action="store_true")
+    split = data_commands.add_parser("split", help="train/dev/test with near-duplicates kept together")
+    split.add_argument("files", nargs="+", help="annotated JSONL files to pool")
+    split.add_argument("--output-dir", required=True)
+    split.add_argument("--test-only-domains", nargs="*", default=[], help="meta.domain values seen only in test")
+    split.add_argument("--dev-share", type=float, default=0.12)
+    split.add_argument("--test-share", type=float, default=0.15)
+    split.add_argument("--near-duplicate", type=float, default=0.35,
+                       help="character 4-gram Jaccard at or above which conversations stay in one split")
+    split.add_argument("--seed", type=int, default=7)
+    audit = data_commands.add_parser("audit", help="macro-F1 of a classifier that sees only length and keywords")
+    audit.add_argument("files", nargs=3, metavar=("TRAIN", "DEV", "TEST"))
+    audit.add_argument("--json", action="store_true")
     data.set_defaults(handler=command_data)
     return top
 
