@@ -20,13 +20,13 @@ ELLIPSIS = "（略）"  # "……" is not in the bert-base-chinese vocabulary
 
 @dataclass(frozen=True)
 class EncodingConfig:
-    max_length: int = 192
+    max_length: int = 128
     """Total tokens per example, special tokens included."""
-    max_target_tokens: int = 96
+    max_target_tokens: int = 64
     """The target turn is cut to this many tokens (right side) so that some context always fits."""
     keep_opening_turns: int = 2
     """How many turns from the start of the conversation are kept when the middle is cut (0: none)."""
-    opening_tokens: int = 40
+    opening_tokens: int = 24
     """Token budget for those opening turns."""
     max_context_turns: int = 12
     """At most this many turns before the target are read (then the opening, if kept)."""

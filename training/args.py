@@ -44,7 +44,7 @@ class TrainArguments:
     threads: int = 0
     """torch intra-op threads (0: torch's default)."""
     max_train_examples: int = 0
-    """Use only the first N training examples (0: all); for smoke runs."""
+    """Train on a seeded random sample of N examples (0: all); for quick ablations and smoke runs."""
 
 
 @dataclass

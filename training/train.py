@@ -103,7 +103,7 @@ def train(config: TrainingConfig, log=print):
 
     train_set = load_turn_dataset(config.data.train_file, tokenizer_dir, config.encoding)
     if args.max_train_examples:
-        train_set = train_set.select(range(min(args.max_train_examples, len(train_set))))
+        train_set = train_set.shuffle(seed=args.seed).select(range(min(args.max_train_examples, len(train_set))))
     dev_set = load_turn_dataset(config.data.dev_file, tokenizer_dir, config.encoding)
     log(f"train examples {len(train_set)}, dev examples {len(dev_set)}")
 
