@@ -44,6 +44,10 @@ def build_classifier(base, dropout=None):
 def set_hengwen_settings(config, thresholds, encoding: EncodingConfig):
     config.hengwen_thresholds = {label: float(thresholds[label]) for label in LABELS}
     config.hengwen_encoding = encoding.to_dict()
+    # Temperatures fitted for earlier weights (a model trained further from a calibrated one) would distort the
+    # probabilities these thresholds were chosen on; `hengwen calibrate` fits new ones.
+    if hasattr(config, "hengwen_temperatures"):
+        del config.hengwen_temperatures
 
 
 class ModelSettings:
@@ -61,5 +65,18 @@ class ModelSettings:
             raise ValueError(f"{model_dir}: labels {self.labels} are not hengwen's {LABELS}")
         self.thresholds = {label: 0.5 for label in LABELS} | self.raw.get("hengwen_thresholds", {})
         self.encoding = EncodingConfig.from_dict(self.raw.get("hengwen_encoding", {}))
+        self.temperatures = self._temperatures(self.raw.get("hengwen_temperatures"))
         self.base_model = self.raw.get("hengwen_base_model", "unknown")
         self.version = self.raw.get("hengwen_model_version", self.model_dir.name)
+
+    def _temperatures(self, values):
+        """Per-label temperatures from `hengwen calibrate` ({label: T > 0}), or None for an uncalibrated model."""
+        if values is None:
+            return None
+        unknown = set(values) - set(LABELS)
+        bad = {label: t for label, t in values.items()
+               if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0}
+        if unknown or bad:
+            raise ValueError(f"{self.model_dir}: hengwen_temperatures has unknown labels {sorted(unknown)} "
+                             f"or non-positive values {bad}")
+        return {label: float(values.get(label, 1.0)) for label in LABELS}

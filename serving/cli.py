@@ -1,45 +1,14 @@
-"""The `hengwen` command: score, train, export, data validate/stats (and the service, in serve)."""
+"""The `hengwen` command: score, report, train, adapt, export, eval, calibrate, data validate/stats
+(and the service, in serve)."""
 import argparse
 import json
+import os
 import sys
-from collections import Counter
-from contextlib import nullcontext
-from itertools import islice
 from pathlib import Path
 
 from ..model.labels import LABELS
-
-CHUNK = 64
-
-
-def _open_output(path):
-    return open(path, "w", encoding="utf-8") if path and path != "-" else nullcontext(sys.stdout)
-
-
-def build_scorer(args):
-    if args.engine == "rules":
-        from ..model.rules import RuleScorer
-        return RuleScorer()
-    from .runtime import Scorer
-    return Scorer(args.model, engine=args.engine, quantization=args.quantization, threads=args.threads,
-                  batch_size=args.batch_size)
-
-
-def score_stream(items, scorer):
-    """(ReadItem, output record) for every input conversation, in input order."""
-    from .runtime import error_record
-    items = iter(items)
-    while chunk := list(islice(items, CHUNK)):
-        readable = [item for item in chunk if item.error is None]
-        scored = iter(scorer.score_records([item.record for item in readable]))
-        for item in chunk:
-            if item.error is not None:
-                yield item, {"id": item.conversation_id, "error": item.error, "line": item.line}
-                continue
-            record = next(scored)
-            if "error" in record:
-                record = error_record(item.record, record["error"], item.line)
-            yield item, record
+# build_scorer takes any object with the ScorerSpec fields, such as the parsed arguments of score and eval.
+from .batch import build_scorer
 
 
 def explain(item, record):
@@ -55,50 +24,93 @@ def explain(item, record):
     return "\n".join(lines)
 
 
-def _count_lines(path):
-    with open(path, "rb") as handle:
-        return sum(1 for line in handle if line.strip())
-
-
 def command_score(args):
-    from tqdm.auto import tqdm
-
-    from ..data.readers import read_conversations
-    scorer = build_scorer(args)
-    total = _count_lines(args.input) if not args.input.lower().endswith(".csv") else None
-    summary, flagged = Counter(), Counter()
-    with _open_output(args.output) as out:
-        progress = tqdm(total=total, unit="conv", desc="score", disable=args.quiet or None, file=sys.stderr)
-        for item, record in score_stream(read_conversations(args.input, args.input_format), scorer):
-            if args.explain:
-                progress.write(explain(item, record), file=sys.stderr)
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            summary["conversations"] += 1
-            if "error" in record:
-                summary["errors"] += 1
-            else:
-                summary["agent turns"] += len(record["turns"])
-                flagged.update(record["labels"])
-            progress.update(1)
-        progress.close()
-    lines = [f"{summary['conversations']} conversations, {summary['agent turns']} agent turns scored, "
-             f"{summary['errors']} errors"]
-    lines += [f"  {label:16s} flagged in {flagged[label]} conversations" for label in LABELS]
+    from ..data.readers import parse_column_mapping, parse_utc_offset
+    from .batch import ScorerSpec, score_file, sigterm_as_interrupt
+    scorecard = None
+    if args.scorecard:
+        from .scorecard import load_scorecard
+        scorecard = load_scorecard(None if args.scorecard == "default" else args.scorecard)
+    spec = ScorerSpec(engine=args.engine, model=args.model, quantization=args.quantization, threads=args.threads,
+                      batch_size=args.batch_size)
+    reader_options = {"input_format": args.input_format}
+    if args.columns:
+        reader_options["columns"] = parse_column_mapping(args.columns)
+    if args.timezone:
+        reader_options["default_timezone"] = parse_utc_offset(args.timezone)
+    try:
+        with sigterm_as_interrupt():
+            summary = score_file(args.input, args.output, spec, workers=args.workers, resume=args.resume,
+                                 output_format=args.format, scorecard=scorecard, keep_text=args.keep_text,
+                                 progress=False if args.quiet else None, describe=explain if args.explain else None,
+                                 **reader_options)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command with --resume to continue", file=sys.stderr)
+        return 130
+    lines = [f"{summary.conversations} conversations, {summary.agent_turns} agent turns scored, "
+             f"{summary.errors} errors"]
+    if summary.skipped:
+        lines[0] += f" ({summary.skipped} already in {args.output}, skipped)"
+    lines += [f"  {label:16s} flagged in {summary.flagged[label]} conversations" for label in LABELS]
+    if summary.interrupted:
+        lines.append(f"interrupted: {summary.skipped + summary.conversations} of {summary.total} conversations are "
+                     f"in {args.output or 'the output'}; run the same command with --resume to score the rest")
     print("\n".join(lines), file=sys.stderr)
+    return 130 if summary.interrupted else 0
+
+
+def command_report(args):
+    from .report import write_report
+    figures = write_report(args.scored, args.output, top=args.top, agent_field=args.agent_field,
+                           team_field=args.team_field, date_field=args.date_field)
+    print(f"{args.output}: {figures['conversations']} conversations, {figures['agents']} agents, "
+          f"{figures['teams']} teams, {figures['days']} days"
+          + ("" if figures["with_text"] else "; no transcripts in the input (score with --keep-text for text "
+             "and evidence)"), file=sys.stderr)
     return 0
 
 
-def command_train(args):
-    from ..training.args import TrainingConfig
-    from ..training.train import train
+def _overrides(items):
+    """`--set KEY=VALUE` items -> {KEY: value}, the value read as JSON when it parses (numbers, true, lists)."""
     overrides = {}
-    for item in args.set or []:
+    for item in items or []:
         key, _, value = item.partition("=")
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
-    train(TrainingConfig.from_json(args.config, overrides))
+    return overrides
+
+
+def command_train(args):
+    from ..training.args import TrainingConfig
+    from ..training.train import train
+    train(TrainingConfig.from_json(args.config, _overrides(args.set)))
+    return 0
+
+
+def command_adapt(args):
+    from ..training.adapt import DEFAULT_CONFIG, AdaptConfig, adapt
+    overrides = {}
+    if args.unlabeled:
+        # The configured expected flag rates describe the configured files' source, not these exports.
+        overrides |= {"unlabeled.files": args.unlabeled, "unlabeled.expected_flag_rates": {}}
+    if args.input_format:
+        overrides["unlabeled.input_format"] = args.input_format
+    if args.columns:
+        from ..data.readers import parse_column_mapping
+        overrides["unlabeled.columns"] = parse_column_mapping(args.columns)
+    if args.timezone:
+        overrides["unlabeled.timezone"] = args.timezone
+    if args.from_model:
+        overrides["from_model"] = args.from_model
+    report = adapt(AdaptConfig.from_json(args.config or DEFAULT_CONFIG, overrides | _overrides(args.set)), args.out)
+    summary = report["summary"]
+    for name, row in summary["models"].items():
+        test = "" if row["test_macro_f1"] is None else f", test {row['test_macro_f1']:.3f}"
+        rates = " ".join(f"{label} {rate:.1%}" for label, rate in row["unlabeled_turn_flag_rate"].items())
+        print(f"{name:16s} dev macro-F1 {row['dev_macro_f1']:.3f}{test}; unlabelled turns flagged: {rates}")
+    print(f"best by dev: {summary['best_by_dev']}; report: {Path(args.out) / 'adapt_report.json'}")
     return 0
 
 
@@ -121,6 +133,33 @@ def command_export(args):
     if args.ship_to:
         from ..model.export import ship_model
         print(f"shipped to {ship_model(args.model_dir, args.ship_to)}")
+    return 0
+
+
+def command_eval(args):
+    from ..training.evaluate import evaluate_file, format_summary
+    scorer = build_scorer(args)
+    out_dir = Path(args.out or Path("runs") / "eval" / f"{Path(args.gold).stem}-{args.engine}")
+    report, result = evaluate_file(args.gold, scorer, args.engine, out_dir, worst=args.worst, quiet=args.quiet)
+    print(format_summary(report, result.confusion))
+    if args.robustness or args.checks:
+        from ..training.dataset import read_annotated
+        from ..training.robustness import format_robustness, robustness_report
+        robustness = robustness_report(scorer, read_annotated(args.gold), args.checks, args.seed, result.metrics,
+                                       quiet=args.quiet)
+        (out_dir / "robustness.json").write_text(json.dumps(robustness, indent=2), encoding="utf-8")
+        print(format_robustness(robustness))
+    print(f"report written to {out_dir}/")
+    return 0
+
+
+def command_calibrate(args):
+    from ..training.calibration import calibrate_model, format_calibration
+    report = calibrate_model(args.model_dir, args.dev, engine=args.engine, quantization=args.quantization,
+                             threads=args.threads, batch_size=args.batch_size, bins=args.bins)
+    print(format_calibration(report))
+    print(f"temperatures and thresholds written to {Path(args.model_dir) / 'config.json'}, "
+          f"report to {Path(args.model_dir) / 'calibration.json'}")
     return 0
 
 
@@ -148,8 +187,39 @@ def command_data(args):
               f"form-only classifier, test turn macro-F1 {result['test']['macro_f1']:.3f} "
               + " ".join(f"{k} {v['f1']:.3f}" for k, v in result["test"]["per_label"].items()))
         return 0
+    if args.data_command == "agreement":
+        from ..data.agreement import agreement
+        result = agreement(*args.files)
+        if args.json:
+            print(json.dumps(result, indent=2, ensure_ascii=False))
+        else:
+            print(f"{result['conversations']} conversations, {result['agent_turns']} agent turns, "
+                  f"{result['turns_in_full_agreement']:.1%} of turns labelled identically")
+            for label, figures in result["per_label"].items():
+                print(f"  {label:16s} kappa {figures['kappa']:.3f}  (first {figures['first_positive']}, "
+                      f"second {figures['second_positive']}, both {figures['both_positive']})")
+        return 0
     stats = corpus_stats(args.files)
     print(json.dumps(stats, indent=2, ensure_ascii=False) if args.json else format_stats(stats))
+    return 0
+
+
+def command_serve(args):
+    import uvicorn
+
+    from .app import SETTINGS_ENV, ServeSettings
+    settings = ServeSettings(model=args.model, engine=args.engine, quantization=args.quantization,
+                             threads=args.threads, token=args.token or None, max_body_bytes=args.max_body_bytes,
+                             max_batch=args.max_batch, max_queue=args.max_queue,
+                             inference_slots=args.inference_slots, evidence_words=args.evidence_words,
+                             debug=args.debug)
+    # Every worker process builds its own app from the environment (uvicorn's factory mode).
+    os.environ[SETTINGS_ENV] = settings.to_json()
+    log_config = json.loads(json.dumps(uvicorn.config.LOGGING_CONFIG))
+    log_config["loggers"]["hengwen"] = {"handlers": ["default"], "level": "DEBUG" if args.debug else "INFO"}
+    # uvicorn's access log would print query strings (the console's ?token=); the app logs requests itself.
+    uvicorn.run("hengwen.serving.app:create_app_from_environment", factory=True, host=args.host, port=args.port,
+                workers=args.workers, access_log=False, log_config=log_config)
     return 0
 
 
@@ -157,26 +227,70 @@ def parser():
     top = argparse.ArgumentParser(prog="hengwen", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
 
-    score = commands.add_parser("score", help="score conversations (JSONL or long-form CSV) to JSONL")
-    score.add_argument("input", help="conversations: .jsonl (one per line) or .csv (one row a message)")
-    score.add_argument("-o", "--output", help="output JSONL (default: stdout)")
+    score = commands.add_parser("score", help="score conversations (JSONL, long-form CSV or Excel) to JSONL or CSV")
+    score.add_argument("input", help="conversations: .jsonl (one per line), .csv or .xlsx (one row a message)")
+    score.add_argument("-o", "--output", help="output file (default: stdout)")
     score.add_argument("--model", help="model folder (default: the shipped model, or $HENGWEN_MODEL)")
     score.add_argument("--engine", choices=["onnx", "torch", "rules"], default="onnx",
                        help="onnx (default), torch (saved weights, eager) or rules (the keyword baseline)")
     score.add_argument("--quantization", choices=["auto", "int8", "fp32"], default="auto",
                        help="which ONNX file to run; auto prefers int8")
-    score.add_argument("--input-format", choices=["jsonl", "csv"], help="override the file extension")
+    score.add_argument("--input-format", choices=["jsonl", "csv", "xlsx"], help="override the file extension")
+    score.add_argument("--columns", metavar="FIELD=COLUMN,...",
+                       help="CSV/Excel column names, e.g. id=会话ID,role=发送方,text=内容,ts=时间; other fields "
+                            "(agent=客服工号,team=组别,channel=渠道,date=日期) go to each conversation's meta")
+    score.add_argument("--timezone", metavar="OFFSET",
+                       help="UTC offset for CSV/Excel timestamps without one, e.g. +08:00 (else they are refused)")
+    score.add_argument("--format", choices=["jsonl", "csv"], default="jsonl",
+                       help="output: jsonl (one conversation a line, default) or csv (one row a turn)")
+    score.add_argument("--workers", type=int, default=1,
+                       help="scoring processes, each with its own model and a share of the cores; order is kept")
+    score.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run into the same output, skipping conversations already there")
+    score.add_argument("--scorecard", metavar="FILE",
+                       help="QA scorecard (YAML/JSON, or 'default' for the shipped one): adds qa_score and passed")
+    score.add_argument("--keep-text", action="store_true",
+                       help="write each conversation's turns (role, text, ts) as `transcript`; the report needs it")
     score.add_argument("--batch-size", type=int, default=32, help="agent turns per inference batch")
-    score.add_argument("--threads", type=int, default=0, help="inference threads (0: all cores)")
+    score.add_argument("--threads", type=int, default=0,
+                       help="inference threads per worker (0: all cores, shared out among the workers)")
     score.add_argument("--explain", action="store_true", help="print each conversation's flagged turns to stderr")
     score.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     score.set_defaults(handler=command_score)
+
+    report = commands.add_parser("report", help="self-contained HTML QA report (质检报告) from scored JSONL")
+    report.add_argument("scored", help="output of `hengwen score` (JSONL; --keep-text for turn text and evidence)")
+    report.add_argument("-o", "--output", required=True, help="HTML file to write")
+    report.add_argument("--top", type=int, default=20, help="worst conversations shown in full")
+    report.add_argument("--agent-field", default="agent", help="meta field holding the agent id")
+    report.add_argument("--team-field", default="team", help="meta field holding the team")
+    report.add_argument("--date-field", default="date",
+                        help="meta field holding the date (else the first timestamp of the transcript)")
+    report.set_defaults(handler=command_report)
 
     train = commands.add_parser("train", help="fine-tune a model from a JSON config")
     train.add_argument("--config", required=True, help="training config JSON (see training/args.py)")
     train.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                        help="override one config field, e.g. --set train.epochs=1 (repeatable)")
     train.set_defaults(handler=command_train)
+
+    adapt = commands.add_parser("adapt", help="adapt a model to unlabelled exports: masked-LM pretraining, "
+                                              "fine-tuning again, self-training (training/ADAPT.md)")
+    adapt.add_argument("--unlabeled", nargs="+", metavar="EXPORT",
+                       help="unlabelled conversations in any format `score` reads (default: the config's "
+                            "unlabeled.files)")
+    adapt.add_argument("--out", required=True, help="output folder; finished steps in it are reused on a re-run")
+    adapt.add_argument("--from", dest="from_model", metavar="MODEL",
+                       help="training output folder of the model to adapt (default: train one from the base first)")
+    adapt.add_argument("--config", help="adapt config JSON (default: the packaged training/configs/adapt.json)")
+    adapt.add_argument("--input-format", choices=["jsonl", "csv", "xlsx"], help="override the files' extensions")
+    adapt.add_argument("--columns", metavar="FIELD=COLUMN,...", help="CSV/Excel column names, as for `score`")
+    adapt.add_argument("--timezone", metavar="OFFSET", help="UTC offset for table timestamps without one, as for "
+                                                            "`score`")
+    adapt.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                       help="override one config field, e.g. --set mlm.max_steps=200 or "
+                            "--set finetune.overrides.train.epochs=1 (repeatable)")
+    adapt.set_defaults(handler=command_adapt)
 
     export = commands.add_parser("export", help="write and check ONNX fp32 and int8 models")
     export.add_argument("model_dir")
@@ -209,7 +323,68 @@ def parser():
     audit = data_commands.add_parser("audit", help="macro-F1 of a classifier that sees only length and keywords")
     audit.add_argument("files", nargs=3, metavar=("TRAIN", "DEV", "TEST"))
     audit.add_argument("--json", action="store_true")
+    agree = data_commands.add_parser("agreement", help="Cohen's kappa per label between two annotations")
+    agree.add_argument("files", nargs=2, metavar=("FIRST", "SECOND"))
+    agree.add_argument("--json", action="store_true", help="also list every disagreement")
     data.set_defaults(handler=command_data)
+
+    from ..training.robustness import CHECKS
+    evaluation = commands.add_parser("eval", help="metrics, curves, calibration and bad cases on an annotated file")
+    evaluation.add_argument("gold", help="annotated JSONL (every agent turn with its labels)")
+    evaluation.add_argument("--model", help="model folder (default: the shipped model, or $HENGWEN_MODEL)")
+    evaluation.add_argument("--engine", choices=["onnx", "torch", "rules"], default="onnx",
+                            help="onnx (default), torch (saved weights, eager) or rules (the keyword baseline)")
+    evaluation.add_argument("--quantization", choices=["auto", "int8", "fp32"], default="auto",
+                            help="which ONNX file to run; auto prefers int8")
+    evaluation.add_argument("--out", help="report folder (default: runs/eval/GOLD-ENGINE)")
+    evaluation.add_argument("--worst", type=int, default=20,
+                            help="false positives and false negatives kept per label in bad_cases.jsonl")
+    evaluation.add_argument("--robustness", action="store_true",
+                            help="also score transformed copies of the file and report each drop (robustness.json)")
+    evaluation.add_argument("--checks", nargs="+", choices=list(CHECKS), metavar="CHECK",
+                            help=f"only these robustness checks (implies --robustness): {', '.join(CHECKS)}")
+    evaluation.add_argument("--seed", type=int, default=7, help="seed of the injected noise and filler turns")
+    evaluation.add_argument("--batch-size", type=int, default=32, help="agent turns per inference batch")
+    evaluation.add_argument("--threads", type=int, default=0, help="inference threads (0: all cores)")
+    evaluation.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    evaluation.set_defaults(handler=command_eval)
+
+    calibrate = commands.add_parser("calibrate", help="fit per-label temperatures on dev and re-choose thresholds")
+    calibrate.add_argument("model_dir", help="model folder; its config.json gets hengwen_temperatures and "
+                                             "hengwen_thresholds, calibration.json the report")
+    calibrate.add_argument("--dev", required=True, help="annotated JSONL to fit on (the dev split)")
+    calibrate.add_argument("--engine", choices=["onnx", "torch"], default="onnx",
+                           help="whose probabilities to calibrate: onnx (default, what is shipped) or torch")
+    calibrate.add_argument("--quantization", choices=["auto", "int8", "fp32"], default="auto",
+                           help="which ONNX file to calibrate; auto prefers int8")
+    calibrate.add_argument("--bins", type=int, default=10, help="reliability bins for the ECE")
+    calibrate.add_argument("--batch-size", type=int, default=32, help="agent turns per inference batch")
+    calibrate.add_argument("--threads", type=int, default=0, help="inference threads (0: all cores)")
+    calibrate.set_defaults(handler=command_calibrate)
+
+    serve = commands.add_parser("serve", help="the hint and scoring HTTP service with its agent console")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="server processes, each with its own model")
+    serve.add_argument("--threads", type=int, default=0,
+                       help="onnxruntime (or torch) intra-op threads per inference (0: all cores)")
+    serve.add_argument("--model", help="model folder (default: the shipped model, or $HENGWEN_MODEL)")
+    serve.add_argument("--engine", choices=["onnx", "torch", "rules"], default="onnx",
+                       help="onnx (default), torch (saved weights, eager) or rules (the keyword baseline)")
+    serve.add_argument("--quantization", choices=["auto", "int8", "fp32"], default="auto",
+                       help="which ONNX file to run; auto prefers int8")
+    serve.add_argument("--token", default=os.environ.get("HENGWEN_TOKEN"),
+                       help="bearer token that every route but /health requires (default: $HENGWEN_TOKEN; "
+                            "unset: no token)")
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
+    serve.add_argument("--max-batch", type=int, default=64, help="most conversations in one /v1/score request (413)")
+    serve.add_argument("--max-queue", type=int, default=16,
+                       help="requests that may wait for an inference slot; one more gets 429")
+    serve.add_argument("--inference-slots", type=int, default=1, help="inferences run at the same time")
+    serve.add_argument("--evidence-words", type=int, default=8,
+                       help="most occluded variants of a draft, scored in one batch, for evidence spans")
+    serve.add_argument("--debug", action="store_true", help="log transcript text (drafts); never in production")
+    serve.set_defaults(handler=command_serve)
     return top
 
 

@@ -66,6 +66,19 @@ def load_tokenizer(model_dir):
     return AutoTokenizer.from_pretrained(str(model_dir))
 
 
+def apply_temperatures(probabilities, temperatures):
+    """Temperature-scaled probabilities sigmoid(logit(p) / T), per label column; unchanged when temperatures is None.
+
+    Applied to the probabilities the model files output, so calibrating a model never touches its ONNX files.
+    """
+    if temperatures is None:
+        return probabilities
+    clipped = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
+    logits = np.log(clipped) - np.log1p(-clipped)
+    scaled = logits / np.array([temperatures[label] for label in LABELS])
+    return (1 / (1 + np.exp(-scaled))).astype(np.float32)
+
+
 def pad_batch(features, pad_id):
     """Stack variable-length features into int64 arrays padded on the right."""
     width = max(len(f["input_ids"]) for f in features)
@@ -82,6 +95,7 @@ class Scorer:
         self.model_dir = Path(model_dir or os.environ.get("HENGWEN_MODEL") or DEFAULT_MODEL_DIR)
         self.settings = ModelSettings(self.model_dir)
         self.thresholds = self.settings.thresholds
+        self.temperatures = self.settings.temperatures
         self.encoder = TurnEncoder(load_tokenizer(self.model_dir), self.settings.encoding)
         if engine == "onnx":
             self.backend = OnnxBackend(self.model_dir, quantization, threads)
@@ -91,15 +105,16 @@ class Scorer:
             raise ValueError(f"unknown engine {engine!r}")
         self.batch_size = batch_size
 
-    def predict_features(self, features):
-        """Probabilities (n, labels) for encoded examples, batched by similar length to pad little."""
+    def predict_features(self, features, calibrated=True):
+        """Probabilities (n, labels) for encoded examples, batched by similar length to pad little; temperature-scaled
+        when the model is calibrated, unless calibrated=False (what `hengwen calibrate` fits on)."""
         probabilities = np.zeros((len(features), len(LABELS)), dtype=np.float32)
         order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
         pad_id = self.encoder.tokenizer.pad_token_id
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
             probabilities[chunk] = self.backend(pad_batch([features[i] for i in chunk], pad_id))
-        return probabilities
+        return apply_temperatures(probabilities, self.temperatures) if calibrated else probabilities
 
     def decide(self, scores):
         return [label for label in LABELS if scores[label] >= self.thresholds[label]]

@@ -1,0 +1,124 @@
+import json
+
+import numpy as np
+import pytest
+
+from hengwen.model.classifier import ModelSettings, set_hengwen_settings
+from hengwen.model.encoding import EncodingConfig
+from hengwen.model.labels import LABELS
+from hengwen.serving.cli import main
+from hengwen.serving.runtime import Scorer, apply_temperatures
+from hengwen.training.calibration import (calibration_summary, expected_calibration_error, fit_temperatures,
+                                          log_loss, reliability_table)
+from hengwen.training.dataset import read_annotated
+
+from ..conftest import TINY_DATA
+
+
+def overconfident_sample(temperature, rows=4000, seed=0):
+    """Gold drawn from sigmoid(z / temperature), reported probabilities sigmoid(z): overconfident when T > 1."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, size=(rows, len(LABELS)))
+    gold = rng.random((rows, len(LABELS))) < 1 / (1 + np.exp(-logits / temperature))
+    return gold, 1 / (1 + np.exp(-logits))
+
+
+def test_ece_of_known_cases():
+    assert expected_calibration_error([1, 1, 1, 1, 0], [0.8] * 5) == pytest.approx(0.0)
+    assert expected_calibration_error([1, 0, 1, 0], [0.9] * 4) == pytest.approx(0.4)
+    # Two bins: [0.1, 0.1] with no positives (error 0.1) and [0.7, 0.7] with all positive (error 0.3).
+    assert expected_calibration_error([0, 0, 1, 1], [0.1, 0.1, 0.7, 0.7]) == pytest.approx(0.2)
+
+
+def test_reliability_table_counts_every_turn_once():
+    table = reliability_table([0, 1, 1, 0], [0.0, 0.55, 1.0, 0.05], bins=10)
+    assert len(table) == 10 and sum(b["count"] for b in table) == 4
+    assert table[0]["count"] == 2 and table[0]["positive_rate"] == 0.0
+    assert table[9]["count"] == 1 and table[9]["mean_probability"] == 1.0
+    assert table[3] == {"low": 0.3, "high": 0.4, "count": 0, "mean_probability": None, "positive_rate": None}
+
+
+def test_fitted_temperature_recovers_the_overconfidence_and_lowers_ece():
+    gold, probabilities = overconfident_sample(temperature=2.0)
+    temperatures = fit_temperatures(gold, probabilities)
+    assert all(1.8 < t < 2.2 for t in temperatures.values()), temperatures
+    before = calibration_summary(gold, probabilities)
+    after = calibration_summary(gold, apply_temperatures(probabilities, temperatures))
+    assert after["macro_ece"] < before["macro_ece"] / 2
+
+
+def test_a_label_without_positives_keeps_temperature_one():
+    gold, probabilities = overconfident_sample(temperature=2.0, rows=200)
+    gold[:, 0] = False
+    assert fit_temperatures(gold, probabilities)["overbearing"] == 1.0
+
+
+def test_apply_temperatures_divides_the_logit():
+    probabilities = np.array([[0.5, 0.8, 0.2, 0.99]], dtype=np.float32)
+    assert apply_temperatures(probabilities, None) is probabilities
+    assert np.allclose(apply_temperatures(probabilities, dict.fromkeys(LABELS, 1.0)), probabilities, atol=1e-6)
+    scaled = apply_temperatures(probabilities, dict.fromkeys(LABELS, 2.0))[0]
+    logit = np.log(probabilities[0] / (1 - probabilities[0]))
+    assert np.allclose(np.log(scaled / (1 - scaled)), logit / 2, atol=1e-4)
+
+
+def test_scorer_applies_the_temperatures_in_config(tiny_model_copy):
+    conversations = read_annotated(TINY_DATA)
+    plain = Scorer(tiny_model_copy).score_records(conversations)
+    config_path = tiny_model_copy / "config.json"
+    config = json.loads(config_path.read_text())
+    config["hengwen_temperatures"] = {"overbearing": 3.0}
+    config_path.write_text(json.dumps(config))
+    scorer = Scorer(tiny_model_copy)
+    assert scorer.temperatures == {"overbearing": 3.0, "perfunctory": 1.0, "vague-expertise": 1.0,
+                                   "cold-follow-up": 1.0}
+    for before, after in zip(plain, scorer.score_records(conversations)):
+        for old, new in zip(before["turns"], after["turns"]):
+            logit = np.log(old["scores"]["overbearing"] / (1 - old["scores"]["overbearing"]))
+            assert new["scores"]["overbearing"] == pytest.approx(1 / (1 + np.exp(-logit / 3)), abs=2e-4)
+            assert new["scores"]["perfunctory"] == pytest.approx(old["scores"]["perfunctory"], abs=2e-4)
+
+
+def test_model_without_temperatures_is_uncalibrated(tiny_model):
+    assert ModelSettings(tiny_model).temperatures is None
+    assert "hengwen_temperatures" not in json.loads((tiny_model / "config.json").read_text())
+
+
+@pytest.mark.parametrize("bad", [{"overbearing": 0}, {"overbearing": -1.0}, {"unknown-label": 1.0},
+                                 {"overbearing": "2"}])
+def test_invalid_temperatures_are_refused(tiny_model_copy, bad):
+    config_path = tiny_model_copy / "config.json"
+    config_path.write_text(json.dumps(json.loads(config_path.read_text()) | {"hengwen_temperatures": bad}))
+    with pytest.raises(ValueError, match="hengwen_temperatures"):
+        ModelSettings(tiny_model_copy)
+
+
+def test_calibrate_command_writes_temperatures_thresholds_and_report(tiny_model_copy, capsys):
+    assert main(["calibrate", str(tiny_model_copy), "--dev", str(TINY_DATA)]) == 0
+    assert "ECE" in capsys.readouterr().out
+    report = json.loads((tiny_model_copy / "calibration.json").read_text())
+    settings = ModelSettings(tiny_model_copy)
+    assert settings.temperatures == report["temperatures"]
+    assert settings.thresholds == report["thresholds"]["calibrated"]
+    for label in LABELS:
+        row = report["per_label"][label]
+        # Temperature scaling minimises dev log loss; T = 1 (no change) is among the candidates.
+        assert row["log_loss_after"] <= row["log_loss_before"] + 1e-4
+    # The scores the model now gives on dev are the calibrated ones the report measured.
+    scorer = Scorer(tiny_model_copy)
+    records = scorer.score_records(read_annotated(TINY_DATA))
+    gold = [[label in c["turns"][t["index"]]["labels"] for label in LABELS]
+            for c, r in zip(read_annotated(TINY_DATA), records) for t in r["turns"]]
+    scores = [[t["scores"][label] for label in LABELS] for r in records for t in r["turns"]]
+    assert calibration_summary(gold, scores)["macro_ece"] == pytest.approx(report["macro_ece"]["after"], abs=2e-3)
+    assert log_loss(np.array(gold)[:, 0], np.array(scores)[:, 0]) == pytest.approx(
+        report["per_label"]["overbearing"]["log_loss_after"], abs=2e-3)
+
+
+def test_training_further_drops_temperatures_fitted_for_older_weights():
+    from transformers import BertConfig
+    config = BertConfig()
+    config.hengwen_temperatures = dict.fromkeys(LABELS, 2.0)
+    set_hengwen_settings(config, dict.fromkeys(LABELS, 0.3), EncodingConfig())
+    assert not hasattr(config, "hengwen_temperatures")
+    assert "hengwen_temperatures" not in config.to_dict()
