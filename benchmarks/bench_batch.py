@@ -9,8 +9,8 @@ three exchanges, sixty agents in six teams, a month of dates); nothing is copied
 separate `hengwen score` process, measured from outside: wall time, and peak RSS summed over the process and its
 workers (sampled from /proc every 50 ms). The one-worker run is uninterrupted and is the reference; the two-worker
 run is stopped with SIGTERM partway and resumed with --resume (so its time includes a second start-up), then checked:
-every input once, in input order, labels equal to the reference. Two passes over the data keep the whole benchmark
-within about fifteen minutes on two cores. Results go to benchmarks/results/bench_batch.{json,md}.
+every input once, in input order, labels equal to the reference. Two passes over the data rather than three keep
+the benchmark short on two cores. Results go to benchmarks/results/bench_batch.{json,md}.
 """
 import argparse
 import json
