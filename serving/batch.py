@@ -291,6 +291,8 @@ def score_file(input_path, output_path, spec, *, workers=1, resume=False, output
         with open(output_path, "r+b") as handle:
             handle.truncate(offset)  # drop the partial record an interruption left
         fresh = offset == 0
+    if not to_stdout:
+        Path(output_path).parent.mkdir(parents=True, exist_ok=True)
     opened = nullcontext(sys.stdout) if to_stdout else open(output_path, "w" if fresh else "a", encoding="utf-8",
                                                             newline="")
     with opened as handle, closing(scored_in_order(items, spec, workers)) as scored:

@@ -110,3 +110,9 @@ def test_data_validate_exit_code(tmp_path, capsys):
 def test_score_prints_a_summary(tmp_path, capsys, summary_word):
     run_score(tmp_path, TINY_DATA, "--engine", "rules")
     assert summary_word in capsys.readouterr().err
+
+
+def test_output_folder_is_created(tmp_path):
+    output = tmp_path / "new" / "folder" / "out.jsonl"
+    assert main(["score", str(TINY_DATA), "-o", str(output), "-q", "--engine", "rules"]) == 0
+    assert len(output.read_text(encoding="utf-8").splitlines()) == 8
