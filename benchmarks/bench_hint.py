@@ -6,7 +6,8 @@ DIR needs the torch weights and both ONNX files (model.onnx, model.int8.onnx, be
 engine in turn a `hengwen serve` subprocess is started on 127.0.0.1 and stopped afterwards; on the same inputs
 (a 10-turn context of about 250 tokens and two drafts: one the model calls clean, one that fires labels and so
 also pays for the evidence spans) it measures p50/p95/p99 latency at concurrency 1, throughput at concurrency 8,
-and the server's peak RSS (VmHWM). Each phase stops after --requests requests or --phase-seconds, whichever comes
+and the server's peak RSS (VmHWM); and, in this process, the backend alone on the clean draft's example (the
+floor under the HTTP latency). Each phase stops after --requests requests or --phase-seconds, whichever comes
 first. Writes benchmarks/results/bench_hint.json and bench_hint.md (--name changes the file name).
 """
 import argparse
@@ -159,13 +160,31 @@ def concurrent(port, body, requests, seconds, concurrency):
             **percentiles(latencies), "errors": errors}
 
 
+def inference_alone(args, engine, quantization, draft, runs=30):
+    """p50 of the backend alone on the clean draft's encoded example, in this process: the floor under the HTTP
+    latency (what the server adds is the difference)."""
+    from hengwen.serving.runtime import Scorer, pad_batch
+    scorer = Scorer(args.model, engine=engine, quantization=quantization, threads=args.threads)
+    _, features = scorer.encoder.encode([{"role": role, "text": text} for role, text in CONTEXT], draft={"text": draft})
+    batch = pad_batch(features, scorer.encoder.tokenizer.pad_token_id)
+    for _ in range(3):
+        scorer.backend(batch)
+    latencies = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        scorer.backend(batch)
+        latencies.append(time.perf_counter() - started)
+    return {"tokens": len(features[0]["input_ids"]), **percentiles(latencies)}
+
+
 def bench_engine(args, name, engine, quantization, port, bodies):
+    alone = inference_alone(args, engine, quantization, DRAFTS["clean"])
     server = Server(args.model, engine, quantization, port, args.threads, args.inference_slots,
                     Path(args.log_dir) / f"server-{name}.log")
     try:
         server.wait_ready()
         load_before = os.getloadavg()[0]
-        row = {"engine": name, "scenarios": {}}
+        row = {"engine": name, "inference_alone": alone, "scenarios": {}}
         for scenario, body in bodies.items():
             client = Client(port)
             for _ in range(args.warmup):
@@ -193,14 +212,15 @@ def markdown(result, concurrency):
              f"CPU: {result['cpu']}, {result['cores']} cores; server threads: {result['threads']}, "
              f"inference slots: {result['inference_slots']}. {result['date']}.", "",
              f"| engine | draft | fired | p50 ms (c=1) | p95 ms (c=1) | p99 ms (c=1) | req/s (c={concurrency}) "
-             f"| p95 ms (c={concurrency}) | peak RSS MB | 1-min load avg before → after |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| p95 ms (c={concurrency}) | peak RSS MB | inference alone p50 ms | 1-min load avg before → after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         for scenario, figures in row["scenarios"].items():
             one, many = figures["concurrency_1"], figures[f"concurrency_{concurrency}"]
             lines.append(f"| {row['engine']} | {scenario} | {', '.join(figures['fired']) or '-'} | {one['p50_ms']} | "
                          f"{one['p95_ms']} | {one['p99_ms']} | {many['throughput_rps']} | {many['p95_ms']} | "
-                         f"{row['peak_rss_mb']} | {' → '.join(map(str, row['load_average_before_after']))} |")
+                         f"{row['peak_rss_mb']} | {row['inference_alone']['p50_ms']} | "
+                         f"{' → '.join(map(str, row['load_average_before_after']))} |")
     lines += ["", "Targets (issue 4):"] + [f"- {check}" for check in result["targets"]]
     return "\n".join(lines) + "\n"
 
