@@ -55,3 +55,18 @@ def tiny_model_copy(tiny_model, tmp_path):
     target = tmp_path / "model"
     shutil.copytree(tiny_model, target)
     return target
+
+
+def headless_chromium(window_size):
+    """A selenium driver for Debian's chromium; skips the test (saying why) when the browser is not installed."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromedriver = shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (`make test` installs them as root)")
+    from selenium import webdriver
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     f"--window-size={window_size}", "--lang=zh-CN"):
+        options.add_argument(argument)
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=chromedriver))

@@ -5,7 +5,6 @@ The server runs the rule baseline behind the same interface as the model (`--eng
 cannot tell pushy from clean, and the shipped model is a placeholder that will change, while the rules decide
 these two drafts the same way every time. What is under test is the page and the service, not the classifier.
 """
-import shutil
 import socket
 import threading
 import time
@@ -16,9 +15,10 @@ import uvicorn
 
 from hengwen.serving.app import ServeSettings, create_app
 
+from ..conftest import headless_chromium
+
 pytestmark = pytest.mark.slow
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 PUSHY = "亲别犹豫啦，现在下单吧，我这个月业绩还差一单"
 CLEAN = "好的，您慢慢看，有尺码的问题随时找我"
@@ -44,16 +44,7 @@ def server_url():
 
 @pytest.fixture(scope="module")
 def browser():
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (`make test` installs them as root)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,860",
-                     "--lang=zh-CN"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver = headless_chromium("1280,860")
     yield driver
     driver.quit()
 

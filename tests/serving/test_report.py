@@ -1,13 +1,14 @@
 """The HTML QA report: content, masking, self-containment, and rendering in headless Chromium."""
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from hengwen.serving.cli import main
 from hengwen.serving.report import LABEL_NAMES, day_of, segments
+
+from ..conftest import headless_chromium
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 PHONE, EMAIL, CARD, ID_NUMBER = "13812345678", "li.lei@example.com", "6222021234567890", "110101199003071234"
@@ -125,24 +126,10 @@ def test_day_of(value, day):
     assert day_of(value) == day
 
 
-def _browser():
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.skip("Debian's chromium and chromium-driver are not installed (`make test` installs them as root)")
-    from selenium import webdriver
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1280,2000"):
-        options.add_argument(argument)
-    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
-
-
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium(scored, report):
     from selenium.webdriver.common.by import By
-    browser = _browser()
+    browser = headless_chromium("1280,2000")
     try:
         browser.get(scored.with_name("report.html").as_uri())
         assert browser.title.startswith("恒温质检报告")
