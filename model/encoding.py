@@ -32,6 +32,10 @@ class EncodingConfig:
     """At most this many turns before the target are read (then the opening, if kept)."""
     gap_markers: bool = True
     """Write reply-gap markers computed from `ts`."""
+    lowercase: bool = False
+    """Lower-case Latin letters before tokenizing. The bert-base-chinese vocabulary has lower-case word pieces
+    only and its tokenizer does not lower-case, so "iPhone", "OK" or "SF1234567890" would each become [UNK].
+    Off by default so that models trained before this setting existed keep reading text as they were trained."""
 
     @classmethod
     def from_dict(cls, values):
@@ -82,6 +86,8 @@ class TurnEncoder:
         self._ellipsis_ids = tokenizer.encode(ELLIPSIS, add_special_tokens=False)
 
     def _piece_ids(self, texts):
+        if self.config.lowercase:
+            texts = [text.lower() for text in texts]
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
     def encode(self, turns, targets=None, draft=None):

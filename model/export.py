@@ -139,7 +139,7 @@ def export_model(model_dir, check_file, output_dir=None, max_abs_diff=1e-4, max_
 
 
 SHIPPED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "README.md",
-                 "run_info.json", "metrics_dev.json", "metrics_test.json", "onnx/export_report.json",
+                 "run_info.json", "metrics_dev.json", "metrics_test.json", "calibration.json", "onnx/export_report.json",
                  "onnx/model.int8.onnx")
 
 

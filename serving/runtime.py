@@ -8,6 +8,7 @@ from ..data.schema import ConversationError, check_conversation
 from ..model.classifier import ModelSettings
 from ..model.encoding import TurnEncoder
 from ..model.labels import LABELS
+from ..model.tokenizer import ModelTokenizer
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "model" / "default"
 ONNX_FILES = {"int8": "model.int8.onnx", "fp32": "model.onnx"}
@@ -62,8 +63,7 @@ class TorchBackend:
 
 
 def load_tokenizer(model_dir):
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(model_dir))
+    return ModelTokenizer(model_dir)
 
 
 def apply_temperatures(probabilities, temperatures):

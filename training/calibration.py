@@ -12,6 +12,7 @@ import numpy as np
 
 from ..model.labels import LABELS
 from ..serving.runtime import Scorer, apply_temperatures
+from .card import write_calibration_section
 from .dataset import file_sha256, read_annotated
 from .metrics import choose_thresholds, multilabel_metrics
 
@@ -138,6 +139,7 @@ def calibrate_model(model_dir, dev_file, engine="onnx", quantization="auto", thr
     # The layout transformers' save_pretrained writes, so that a later save_pretrained gives a small diff.
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     (model_dir / "calibration.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_calibration_section(model_dir, report)
     return report
 
 

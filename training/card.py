@@ -50,7 +50,8 @@ Multi-label, sigmoid outputs; a turn is flagged for a label when its probability
   {run_info["train_seconds"]} s on {run_info["machine"]["processor"] or run_info["machine"]["platform"]}
   with {run_info["machine"]["torch_threads"]} torch threads.
 - Encoding: {config["encoding"]}.
-- Thresholds (chosen on dev): {thresholds}.
+- Thresholds chosen on dev for the torch weights at the end of training: {thresholds}. After
+  `hengwen calibrate`, the thresholds in `config.json` are those of the "Calibration" section below.
 
 ## Metrics
 {_metrics_table(phases)}
@@ -60,3 +61,35 @@ Trained on written conversations; real transcripts differ in form. Use the score
 person to review, not to judge agents automatically.
 """
     (Path(output_dir) / "README.md").write_text(text, encoding="utf-8")
+
+
+CALIBRATION_HEADING = "## Calibration"
+
+
+def write_calibration_section(model_dir, report):
+    """Put the calibration report's outcome into the model card, replacing an earlier calibration section, so
+    that the card states the thresholds and temperatures that `config.json` now holds."""
+    card = Path(model_dir) / "README.md"
+    if not card.is_file():
+        return
+    rows = ["| label | temperature | threshold before | threshold now | ECE before | ECE after |",
+            "|---|---|---|---|---|---|"]
+    for label in LABELS:
+        per_label = report["per_label"][label]
+        rows.append(f"| {label} | {per_label['temperature']:.3f} | {report['thresholds']['previous'][label]:.3f} | "
+                    f"{report['thresholds']['calibrated'][label]:.3f} | {per_label['ece_before']:.4f} | "
+                    f"{per_label['ece_after']:.4f} |")
+    section = (f"{CALIBRATION_HEADING}\n"
+               f"Per-label temperatures and thresholds fitted on `{report['dev_file']}` ({report['turns']} agent "
+               f"turns) for the {report['engine']} engine ({report['quantization']}): dev macro-F1 "
+               f"{report['dev_macro_f1']['uncalibrated']:.3f} uncalibrated, {report['dev_macro_f1']['calibrated']:.3f} "
+               f"calibrated; mean ECE {report['macro_ece']['before']:.4f} -> {report['macro_ece']['after']:.4f}. "
+               f"Details: `calibration.json`.\n\n" + "\n".join(rows) + "\n\n")
+    text = card.read_text(encoding="utf-8")
+    start = text.find(CALIBRATION_HEADING)
+    if start >= 0:
+        end = text.find("\n## ", start + len(CALIBRATION_HEADING))
+        text = text[:start] + (text[end + 1:] if end >= 0 else "")
+    limits = text.find("## Limits")
+    text = text[:limits] + section + text[limits:] if limits >= 0 else text.rstrip("\n") + "\n\n" + section
+    card.write_text(text, encoding="utf-8")

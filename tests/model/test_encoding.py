@@ -45,6 +45,17 @@ def test_without_timestamps_or_with_markers_off_there_are_no_gap_markers(tokeniz
         assert "〔" not in decoded(tokenizer, features[1])
 
 
+def test_lowercase_keeps_latin_words_out_of_unk(tokenizer):
+    turns = [{"role": "customer", "text": "iPhone 16 Pro 的 SF1234567890 到哪了"},
+             {"role": "agent", "text": "OK 亲，在转运中心了"}]
+    unknown = tokenizer.unk_token_id
+    _, (as_written,) = encoder(tokenizer).encode(turns)
+    _, (lowered,) = encoder(tokenizer, lowercase=True).encode(turns)
+    assert as_written["input_ids"].count(unknown) >= 4
+    assert unknown not in lowered["input_ids"]
+    assert "iphone16pro" in decoded(tokenizer, lowered) and decoded(tokenizer, lowered).endswith("ok亲，在转运中心了[SEP]")
+
+
 def test_token_types_separate_context_from_target(tokenizer):
     _, features = encoder(tokenizer).encode(TURNS)
     feature = features[1]

@@ -115,6 +115,17 @@ def test_calibrate_command_writes_temperatures_thresholds_and_report(tiny_model_
         report["per_label"]["overbearing"]["log_loss_after"], abs=2e-3)
 
 
+def test_calibrating_twice_leaves_one_card_section_with_the_config_thresholds(tiny_model_copy):
+    for _ in range(2):
+        assert main(["calibrate", str(tiny_model_copy), "--dev", str(TINY_DATA)]) == 0
+    card = (tiny_model_copy / "README.md").read_text(encoding="utf-8")
+    assert card.count("## Calibration") == 1 and card.index("## Calibration") < card.index("## Limits")
+    thresholds = ModelSettings(tiny_model_copy).thresholds
+    section = card[card.index("## Calibration"):card.index("## Limits")]
+    for label in LABELS:
+        assert f"| {label} |" in section and f"{thresholds[label]:.3f} |" in section
+
+
 def test_training_further_drops_temperatures_fitted_for_older_weights():
     from transformers import BertConfig
     config = BertConfig()
