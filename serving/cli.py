@@ -182,14 +182,14 @@ def command_data(args):
         return 0
     if args.data_command == "audit":
         from ..data.audit import surface_audit
-        result = surface_audit(*args.files)
+        result = surface_audit(args.train, args.dev, args.test)
         print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else
               f"form-only classifier, test turn macro-F1 {result['test']['macro_f1']:.3f} "
               + " ".join(f"{k} {v['f1']:.3f}" for k, v in result["test"]["per_label"].items()))
         return 0
     if args.data_command == "agreement":
         from ..data.agreement import agreement
-        result = agreement(*args.files)
+        result = agreement(args.first, args.second)
         if args.json:
             print(json.dumps(result, indent=2, ensure_ascii=False))
         else:
@@ -321,10 +321,13 @@ def parser():
                        help="character 4-gram Jaccard at or above which conversations stay in one split")
     split.add_argument("--seed", type=int, default=7)
     audit = data_commands.add_parser("audit", help="macro-F1 of a classifier that sees only length and keywords")
-    audit.add_argument("files", nargs=3, metavar=("TRAIN", "DEV", "TEST"))
+    # One positional per file: argparse cannot print help for a tuple metavar on a positional (Python 3.11).
+    for split in ("train", "dev", "test"):
+        audit.add_argument(split, metavar=split.upper(), help=f"annotated JSONL of the {split} split")
     audit.add_argument("--json", action="store_true")
     agree = data_commands.add_parser("agreement", help="Cohen's kappa per label between two annotations")
-    agree.add_argument("files", nargs=2, metavar=("FIRST", "SECOND"))
+    agree.add_argument("first", metavar="FIRST", help="annotated JSONL, first annotation")
+    agree.add_argument("second", metavar="SECOND", help="the same conversations, second annotation")
     agree.add_argument("--json", action="store_true", help="also list every disagreement")
     data.set_defaults(handler=command_data)
 

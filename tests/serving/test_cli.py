@@ -116,3 +116,23 @@ def test_output_folder_is_created(tmp_path):
     output = tmp_path / "new" / "folder" / "out.jsonl"
     assert main(["score", str(TINY_DATA), "-o", str(output), "-q", "--engine", "rules"]) == 0
     assert len(output.read_text(encoding="utf-8").splitlines()) == 8
+
+
+def _commands(parser, prefix=()):
+    import argparse
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield prefix + (name,)
+                yield from _commands(sub, prefix + (name,))
+
+
+def test_every_command_prints_its_help(capsys):
+    from hengwen.serving.cli import parser
+    commands = list(_commands(parser()))
+    assert ("data", "agreement") in commands and ("data", "audit") in commands
+    for command in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "--help"])
+        assert exit_info.value.code == 0, command
+        assert "usage: hengwen" in capsys.readouterr().out
