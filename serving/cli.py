@@ -89,6 +89,17 @@ def command_train(args):
     return 0
 
 
+def command_experiments(args):
+    from ..training.experiments import experiment_rows, format_table, run_experiments
+    if not args.table_only:
+        run_experiments(args.configs, rerun=args.rerun)
+    table = format_table(experiment_rows(args.configs, args.reference))
+    if args.table:
+        Path(args.table).write_text(table + "\n", encoding="utf-8")
+    print(table)
+    return 0
+
+
 def command_adapt(args):
     from ..training.adapt import DEFAULT_CONFIG, AdaptConfig, adapt
     overrides = {}
@@ -273,6 +284,16 @@ def parser():
     train.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                        help="override one config field, e.g. --set train.epochs=1 (repeatable)")
     train.set_defaults(handler=command_train)
+
+    experiments = commands.add_parser("experiments", help="train several configs (finished runs reused) and "
+                                                          "print a table of what each changes and scores")
+    experiments.add_argument("configs", nargs="+", metavar="CONFIG", help="training config JSON files, one per row")
+    experiments.add_argument("--reference", metavar="CONFIG",
+                             help="config the changes are named against (default: the first CONFIG)")
+    experiments.add_argument("--table", metavar="FILE", help="also write the Markdown table to FILE")
+    experiments.add_argument("--table-only", action="store_true", help="train nothing; tabulate finished runs")
+    experiments.add_argument("--rerun", action="store_true", help="train again even when a run is finished")
+    experiments.set_defaults(handler=command_experiments)
 
     adapt = commands.add_parser("adapt", help="adapt a model to unlabelled exports: masked-LM pretraining, "
                                               "fine-tuning again, self-training (training/ADAPT.md)")

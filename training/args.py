@@ -39,6 +39,11 @@ class TrainArguments:
     warmup_ratio: float = 0.06
     pos_weight: str = "none"
     """Loss weighting for rare labels: `none`, or `sqrt` (sqrt(negatives/positives) per label, capped at 8)."""
+    loss: str = "bce"
+    """`bce` (binary cross-entropy per label) or `focal` (the same terms scaled by (1 - p_true)^focal_gamma)."""
+    focal_gamma: float = 2.0
+    device: str = "auto"
+    """`auto` (a CUDA GPU when torch sees one, else the CPU), `cpu`, or a torch device such as `cuda:1`."""
     eval_every_epoch: bool = True
     """Score dev after each epoch and keep the best epoch by dev macro-F1 at tuned thresholds."""
     threads: int = 0
@@ -56,7 +61,14 @@ class TrainingConfig:
 
     @classmethod
     def from_json(cls, path, overrides=None):
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")), overrides, source=path)
+
+    @classmethod
+    def from_dict(cls, raw, overrides=None, source="config"):
+        """A config from its JSON form; fields it leaves out take their defaults (also for configs saved in
+        `run_info.json` before a field existed: every new field's default keeps the earlier behaviour)."""
+        raw = json.loads(json.dumps(raw))
+        path = source
         for dotted, value in (overrides or {}).items():
             section, _, key = dotted.partition(".")
             raw.setdefault(section, {})[key] = value

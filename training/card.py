@@ -48,7 +48,7 @@ Multi-label, sigmoid outputs; a turn is flagged for a label when its probability
 - {config["train"]["epochs"]} epochs, batch {config["train"]["batch_size"]}, learning rate
   {config["train"]["learning_rate"]}, seed {config["train"]["seed"]}; best epoch {run_info["best_epoch"]};
   {run_info["train_seconds"]} s on {run_info["machine"]["processor"] or run_info["machine"]["platform"]}
-  with {run_info["machine"]["torch_threads"]} torch threads.
+  with {run_info["machine"]["torch_threads"]} torch threads{f', GPU {run_info["machine"]["gpu"]}' if run_info["machine"].get("gpu") else ""}.
 - Encoding: {config["encoding"]}.
 - Thresholds chosen on dev for the torch weights at the end of training: {thresholds}. After
   `hengwen calibrate`, the thresholds in `config.json` are those of the "Calibration" section below.

@@ -35,15 +35,24 @@ def model_inputs(dataset):
     return dataset.select_columns(["input_ids", "token_type_ids", "attention_mask"]).to_list()
 
 
-def to_tensors(features, indices, pad_id):
+def to_tensors(features, indices, pad_id, device="cpu"):
     import torch
-    return {k: torch.from_numpy(v) for k, v in pad_batch([features[i] for i in indices], pad_id).items()}
+    return {k: torch.from_numpy(v).to(device) for k, v in pad_batch([features[i] for i in indices], pad_id).items()}
+
+
+def resolve_device(name):
+    """`auto`: the first CUDA GPU when torch sees one, else the CPU; otherwise a torch device string."""
+    import torch
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
 
 
 def predict(model, dataset, pad_id, batch_size=64):
     """Sigmoid probabilities for every example of an encoded dataset, in dataset order."""
     import torch
     model.eval()
+    device = next(model.parameters()).device
     features = model_inputs(dataset)
     lengths = [len(f["input_ids"]) for f in features]
     order = sorted(range(len(dataset)), key=lambda i: lengths[i])
@@ -51,8 +60,8 @@ def predict(model, dataset, pad_id, batch_size=64):
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            logits = model(**to_tensors(features, chunk, pad_id)).logits
-            probabilities[chunk] = torch.sigmoid(logits).numpy()
+            logits = model(**to_tensors(features, chunk, pad_id, device)).logits
+            probabilities[chunk] = torch.sigmoid(logits).float().cpu().numpy()
     return probabilities
 
 
@@ -74,6 +83,26 @@ def positive_weights(gold, mode):
         raise ValueError(f"pos_weight must be none or sqrt, got {mode!r}")
     positives = gold.sum(axis=0).clip(min=1)
     return torch.tensor(np.minimum(np.sqrt((len(gold) - positives) / positives), 8.0), dtype=torch.float32)
+
+
+def loss_function(train_gold, args, device):
+    """BCE per label (optionally with positive weights), or its focal form, which scales each term by
+    (1 - p_t)^gamma so that the many easy clean turns weigh less than the rare hard ones."""
+    import torch
+    weights = positive_weights(train_gold, args.pos_weight)
+    weights = weights.to(device) if weights is not None else None
+    if args.loss == "bce":
+        return torch.nn.BCEWithLogitsLoss(pos_weight=weights)
+    if args.loss != "focal":
+        raise ValueError(f"loss must be bce or focal, got {args.loss!r}")
+
+    def focal(logits, targets):
+        terms = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=weights,
+                                                                      reduction="none")
+        probabilities = torch.sigmoid(logits)
+        p_true = probabilities * targets + (1 - probabilities) * (1 - targets)
+        return ((1 - p_true) ** args.focal_gamma * terms).mean()
+    return focal
 
 
 def train(config: TrainingConfig, log=print):
@@ -98,6 +127,8 @@ def train(config: TrainingConfig, log=print):
         model = build_classifier(config.model.base_model, config.model.classifier_dropout)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     pad_id = tokenizer.pad_token_id
+    device = resolve_device(args.device)
+    model.to(device)
     if config.model.freeze_word_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
 
@@ -108,7 +139,7 @@ def train(config: TrainingConfig, log=print):
     log(f"train examples {len(train_set)}, dev examples {len(dev_set)}")
 
     train_gold = gold_matrix(train_set)
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=positive_weights(train_gold, args.pos_weight))
+    loss_fn = loss_function(train_gold, args, device)
     train_features = model_inputs(train_set)
     lengths = [len(f["input_ids"]) for f in train_features]
     rng = random.Random(args.seed)
@@ -128,8 +159,8 @@ def train(config: TrainingConfig, log=print):
         for batch_indices in length_grouped_batches(lengths, args.batch_size, rng):
             if step >= total_steps:
                 break
-            batch = to_tensors(train_features, batch_indices, pad_id)
-            targets = torch.from_numpy(train_gold[batch_indices])
+            batch = to_tensors(train_features, batch_indices, pad_id, device)
+            targets = torch.from_numpy(train_gold[batch_indices]).to(device)
             loss = loss_fn(model(**batch).logits, targets)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -155,6 +186,7 @@ def train(config: TrainingConfig, log=print):
 
     _, state, thresholds, dev_metrics, best_epoch = best
     model.load_state_dict(state)
+    model.to("cpu")  # saved weights and the test evaluation below are device-independent
     set_hengwen_settings(model.config, thresholds, config.encoding)
     model.config.hengwen_base_model = config.model.base_model
     model.config.hengwen_model_version = output_dir.name
@@ -173,7 +205,8 @@ def train(config: TrainingConfig, log=print):
         "config": config.to_dict(), "best_epoch": best_epoch, "history": history, "train_seconds": train_seconds,
         "data_sha256": {k: file_sha256(v) for k, v in data_files.items()},
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "torch_threads": torch.get_num_threads()},
+                    "torch_threads": torch.get_num_threads(), "device": device,
+                    "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None},
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
     }
     (output_dir / "run_info.json").write_text(json.dumps(run_info, indent=2, ensure_ascii=False))

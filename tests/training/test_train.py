@@ -53,3 +53,20 @@ def test_overrides_reach_the_config(tmp_path, tiny_base):
     config = TrainingConfig.from_json(tiny_config(tmp_path, tiny_base), {"train.epochs": 5,
                                                                          "encoding.gap_markers": False})
     assert config.train.epochs == 5 and config.encoding.gap_markers is False
+
+
+def test_focal_loss_is_bce_at_gamma_zero_and_down_weights_easy_turns():
+    import torch
+
+    from hengwen.training.args import TrainArguments
+    from hengwen.training.train import loss_function
+    gold = np.array([[1, 0, 0, 0], [0, 0, 0, 0], [0, 1, 0, 1]], dtype=np.float32)
+    logits, targets = torch.tensor([[4.0, -4.0, -3.0, 0.2]]), torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    bce = loss_function(gold, TrainArguments(loss="bce"), "cpu")(logits, targets)
+    assert torch.isclose(loss_function(gold, TrainArguments(loss="focal", focal_gamma=0.0), "cpu")(logits, targets), bce)
+    easy, hard = torch.tensor([[4.0, -4.0, -4.0, 4.0]]), torch.tensor([[-1.0, 1.0, 1.0, -1.0]])
+    focal = loss_function(gold, TrainArguments(loss="focal", focal_gamma=2.0), "cpu")
+    plain = loss_function(gold, TrainArguments(loss="bce"), "cpu")
+    assert focal(easy, targets) / plain(easy, targets) < 0.01 < focal(hard, targets) / plain(hard, targets)
+    with pytest.raises(ValueError, match="focal"):
+        loss_function(gold, TrainArguments(loss="hinge"), "cpu")
