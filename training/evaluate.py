@@ -11,7 +11,7 @@ its highest turn score and its gold labels are those of any of its turns. Writte
 - pr_curves_turn.png, pr_curves_conversation.png, reliability_turn.png.
 - bad_cases.jsonl: per label the worst false positives and false negatives with the turns before them.
 - turns.jsonl: every evaluated turn (gold, scores, predictions, meta), what the error-analysis notebook reads.
-- slices.json: the same metrics by industry (meta.domain), script, channel and conversation length.
+- slices.json: the same metrics by industry (meta.domain), script, channel, conversation length and meta.set.
 """
 import json
 from dataclasses import dataclass
@@ -183,6 +183,8 @@ SLICES = {
     "script": lambda row: row["meta"].get("script", "unknown"),
     "channel": lambda row: row["meta"].get("channel", "unknown"),
     "length": lambda row: length_bucket(row["conversation_turns"]),
+    # Which part of a corpus a conversation comes from (this repository's `platform-contrast` set, say).
+    "set": lambda row: row["meta"].get("set", "unknown"),
 }
 
 

@@ -111,7 +111,7 @@ def test_slices_group_turns_and_average_only_labels_present():
     rows = [
         {"conversation_id": "a", "gold": ["overbearing"], "predicted": [],
          "scores": dict.fromkeys(LABELS, 0.0) | {"overbearing": 0.9}, "conversation_turns": 3,
-         "meta": {"domain": "telecom", "script": "simplified", "channel": "chat"}},
+         "meta": {"domain": "telecom", "script": "simplified", "channel": "chat", "set": "platform-contrast"}},
         {"conversation_id": "b", "gold": [], "predicted": [], "scores": dict.fromkeys(LABELS, 0.0),
          "conversation_turns": 20, "meta": {"domain": "banking"}},
     ]
@@ -121,6 +121,7 @@ def test_slices_group_turns_and_average_only_labels_present():
     assert slices["domain"]["banking"]["clean_false_alarm_rate"] == 0.0
     assert set(slices["script"]) == {"simplified", "unknown"}
     assert set(slices["length"]) == {"1-4 turns", "17+ turns"}
+    assert set(slices["set"]) == {"platform-contrast", "unknown"}
     assert length_bucket(8) == "5-8 turns"
 
 
