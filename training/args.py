@@ -15,6 +15,9 @@ class DataArguments:
     """Annotated JSONL for model selection and per-label thresholds."""
     test_file: str = ""
     """Optional annotated JSONL, scored once at the end and reported; never used for a choice."""
+    extra_train_files: list = field(default_factory=list)
+    """More annotated JSONL to train on with `train_file`: pseudo-labelled turns from `hengwen adapt`
+    (DIR/self-training-N/pseudo_labels.jsonl), or a team's own conversations."""
 
 
 @dataclass

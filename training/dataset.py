@@ -14,6 +14,18 @@ def file_sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def data_file_hashes(data):
+    """sha256 of every data file a training config names ({field: hash}, a list of hashes for a list field)."""
+    hashes = {}
+    for name, value in vars(data).items():
+        if isinstance(value, list):
+            if value:
+                hashes[name] = [file_sha256(path) for path in value]
+        elif value:
+            hashes[name] = file_sha256(value)
+    return hashes
+
+
 def read_annotated(path):
     """Annotated conversations of a JSONL file; refuses the file on the first invalid one (run `data validate`)."""
     conversations = []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..model.labels import LABELS
 from .args import TrainingConfig
-from .dataset import file_sha256
+from .dataset import data_file_hashes
 
 
 def _flat(config):
@@ -30,10 +30,12 @@ def finished(config: TrainingConfig):
     if not info_path.is_file():
         return False
     info = json.loads(info_path.read_text(encoding="utf-8"))
-    data_files = {name: path for name, path in vars(config.data).items() if path}
-    return (TrainingConfig.from_dict(info["config"]).to_dict() == config.to_dict()
-            and all(Path(path).is_file() and info["data_sha256"].get(name) == file_sha256(path)
-                    for name, path in data_files.items()))
+    if TrainingConfig.from_dict(info["config"]).to_dict() != config.to_dict():
+        return False
+    try:
+        return info["data_sha256"] == data_file_hashes(config.data)
+    except FileNotFoundError:
+        return False
 
 
 def run_experiments(config_paths, rerun=False, log=print):

@@ -13,7 +13,7 @@ from ..model.labels import LABELS
 from ..serving.runtime import pad_batch
 from .args import TrainingConfig
 from .card import write_model_card
-from .dataset import file_sha256, gold_matrix, load_turn_dataset
+from .dataset import data_file_hashes, gold_matrix, load_turn_dataset
 from .metrics import choose_thresholds, conversation_level, multilabel_metrics
 
 
@@ -133,6 +133,10 @@ def train(config: TrainingConfig, log=print):
         model.get_input_embeddings().weight.requires_grad_(False)
 
     train_set = load_turn_dataset(config.data.train_file, tokenizer_dir, config.encoding)
+    if config.data.extra_train_files:
+        from datasets import concatenate_datasets
+        train_set = concatenate_datasets([train_set] + [load_turn_dataset(path, tokenizer_dir, config.encoding)
+                                                        for path in config.data.extra_train_files])
     if args.max_train_examples:
         train_set = train_set.shuffle(seed=args.seed).select(range(min(args.max_train_examples, len(train_set))))
     dev_set = load_turn_dataset(config.data.dev_file, tokenizer_dir, config.encoding)
@@ -200,10 +204,9 @@ def train(config: TrainingConfig, log=print):
         phases["test"], _ = evaluate(model, test_set, pad_id, thresholds)
     for phase, metrics in phases.items():
         (output_dir / f"metrics_{phase}.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
-    data_files = {k: v for k, v in vars(config.data).items() if v}
     run_info = {
         "config": config.to_dict(), "best_epoch": best_epoch, "history": history, "train_seconds": train_seconds,
-        "data_sha256": {k: file_sha256(v) for k, v in data_files.items()},
+        "data_sha256": data_file_hashes(config.data),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "torch_threads": torch.get_num_threads(), "device": device,
                     "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None},

@@ -70,3 +70,16 @@ def test_focal_loss_is_bce_at_gamma_zero_and_down_weights_easy_turns():
     assert focal(easy, targets) / plain(easy, targets) < 0.01 < focal(hard, targets) / plain(hard, targets)
     with pytest.raises(ValueError, match="focal"):
         loss_function(gold, TrainArguments(loss="hinge"), "cpu")
+
+
+def test_extra_train_files_are_trained_on_and_hashed(tmp_path, tiny_base):
+    from ..conftest import TINY_DATA
+    lines = []
+    config = TrainingConfig.from_json(tiny_config(tmp_path, tiny_base, epochs=1, eval_every_epoch=False),
+                                      {"data.extra_train_files": [str(TINY_DATA)]})
+    train(config, log=lines.append)
+    single = sum(1 for line in TINY_DATA.read_text(encoding="utf-8").splitlines()
+                 for turn in json.loads(line)["turns"] if turn["role"] == "agent")
+    assert f"train examples {2 * single}," in " ".join(lines)
+    info = json.loads((tmp_path / "model" / "run_info.json").read_text())
+    assert info["data_sha256"]["extra_train_files"] == [info["data_sha256"]["train_file"]]
