@@ -32,6 +32,9 @@ def write_model_card(output_dir, run_info, phases):
     base = config["model"]["base_model"]
     thresholds = ", ".join(f"`{label}` {t:.3f}" for label, t in
                            phases["dev"]["turn"]["per_label"].items() for t in [t["threshold"]])
+    init_from = config["model"].get("init_from")
+    continued = (f"\n- Continued from the model in `{init_from}` (its weights, head included), not from the bare base; "
+                 "that model's card and `run_info.json` say how it was made." if init_from else "")
     text = f"""# hengwen turn classifier `{Path(output_dir).name}`
 
 Scores each agent turn of a Chinese customer-service conversation (in the context of the turns before it) for
@@ -41,7 +44,7 @@ Multi-label, sigmoid outputs; a turn is flagged for a label when its probability
 {LICENCE_NOTE.get(base, OTHER_BASE_NOTE.format(base=base))}
 
 ## Training
-- Base encoder: `{base}`; word embeddings {"frozen" if config["model"]["freeze_word_embeddings"] else "trained"}.
+- Base encoder: `{base}`; word embeddings {"frozen" if config["model"]["freeze_word_embeddings"] else "trained"}.{continued}
 - Data: `{config["data"]["train_file"]}` (train), `{config["data"]["dev_file"]}` (model selection and
   thresholds){f', `{config["data"]["test_file"]}` (reported once)' if config["data"]["test_file"] else ""};
   hashes in `run_info.json`. The corpus is written for this project (see data/README.md of the repository).
