@@ -241,6 +241,9 @@ class BatchSummary:
     errors: int = 0
     agent_turns: int = 0
     flagged: Counter = field(default_factory=Counter)
+    """Conversations flagged, per label."""
+    flagged_turns: Counter = field(default_factory=Counter)
+    """Agent turns flagged, per label; "any" counts turns with at least one label."""
     interrupted: bool = False
 
 
@@ -306,6 +309,8 @@ def score_file(input_path, output_path, spec, *, workers=1, resume=False, output
                 else:
                     summary.agent_turns += len(record["turns"])
                     summary.flagged.update(record["labels"])
+                    for turn in record["turns"]:
+                        summary.flagged_turns.update(turn["labels"] + (["any"] if turn["labels"] else []))
                     if scorecard is not None:
                         scorecard.apply(record)
                     if keep_text:

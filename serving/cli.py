@@ -51,7 +51,11 @@ def command_score(args):
              f"{summary.errors} errors"]
     if summary.skipped:
         lines[0] += f" ({summary.skipped} already in {args.output}, skipped)"
-    lines += [f"  {label:16s} flagged in {summary.flagged[label]} conversations" for label in LABELS]
+    def of_turns(count):
+        return f"{count} agent turns ({count / summary.agent_turns if summary.agent_turns else 0.0:.1%})"
+    lines.append(f"  any label        flagged in {of_turns(summary.flagged_turns['any'])}")
+    lines += [f"  {label:16s} flagged in {summary.flagged[label]} conversations, "
+              f"{of_turns(summary.flagged_turns[label])}" for label in LABELS]
     if summary.interrupted:
         lines.append(f"interrupted: {summary.skipped + summary.conversations} of {summary.total} conversations are "
                      f"in {args.output or 'the output'}; run the same command with --resume to score the rest")

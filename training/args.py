@@ -1,4 +1,5 @@
 """Training arguments as dataclasses, read from one JSON config (every field is documented here)."""
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -70,18 +71,17 @@ class TrainingConfig:
     def from_dict(cls, raw, overrides=None, source="config"):
         """A config from its JSON form; fields it leaves out take their defaults (also for configs saved in
         `run_info.json` before a field existed: every new field's default keeps the earlier behaviour)."""
-        raw = json.loads(json.dumps(raw))
-        path = source
+        raw = copy.deepcopy(raw)
         for dotted, value in (overrides or {}).items():
             section, _, key = dotted.partition(".")
             raw.setdefault(section, {})[key] = value
         unknown = set(raw) - {"data", "model", "encoding", "train"}
         if unknown:
-            raise ValueError(f"{path}: unknown sections {sorted(unknown)}")
-        return cls(data=_build(DataArguments, raw.get("data", {}), path),
-                   model=_build(ModelArguments, raw.get("model", {}), path),
+            raise ValueError(f"{source}: unknown sections {sorted(unknown)}")
+        return cls(data=_build(DataArguments, raw.get("data", {}), source),
+                   model=_build(ModelArguments, raw.get("model", {}), source),
                    encoding=EncodingConfig.from_dict(raw.get("encoding", {})),
-                   train=_build(TrainArguments, raw.get("train", {}), path))
+                   train=_build(TrainArguments, raw.get("train", {}), source))
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -112,6 +112,17 @@ def test_score_prints_a_summary(tmp_path, capsys, summary_word):
     assert summary_word in capsys.readouterr().err
 
 
+def test_score_summary_counts_flagged_agent_turns_per_label(tmp_path, capsys):
+    records = run_score(tmp_path, TINY_DATA, "--engine", "rules")
+    summary = capsys.readouterr().err
+    turns = [turn for record in records for turn in record["turns"]]
+    for label in LABELS:
+        count = sum(label in turn["labels"] for turn in turns)
+        assert f"{label:16s} flagged in " in summary and f", {count} agent turns ({count / len(turns):.1%})" in summary
+    flagged = sum(bool(turn["labels"]) for turn in turns)
+    assert f"any label        flagged in {flagged} agent turns ({flagged / len(turns):.1%})" in summary
+
+
 def test_output_folder_is_created(tmp_path):
     output = tmp_path / "new" / "folder" / "out.jsonl"
     assert main(["score", str(TINY_DATA), "-o", str(output), "-q", "--engine", "rules"]) == 0
