@@ -49,13 +49,38 @@ def _export_fp32(model, sample, path):
         external.unlink()
 
 
-def _quantize(fp32_path, int8_path):
+# Dynamic quantization recipes (`hengwen export --quantization-recipe`); benchmarks/bench_quantization.py measures
+# each on dev, side by side. onnxruntime multiplies uint8 activations by the weights; with int8 weights on CPUs
+# without AVX-512 VNNI that product saturates (onnxruntime's quantization docs), uint8 weights do not.
+QUANTIZATION_RECIPES = {
+    "s8": "int8 weights in every weight MatMul (smallest, fastest; saturates on CPUs without VNNI)",
+    "u8": "uint8 weights in every weight MatMul (same size; no saturation on AVX2-only CPUs)",
+    "s8-ffn-fp32": "int8 weights, but each feed-forward down-projection kept in fp32 (about 1.5x the size)",
+    "u8-ffn-fp32": "uint8 weights, each feed-forward down-projection kept in fp32",
+}
+DEFAULT_QUANTIZATION_RECIPE = "u8"
+
+
+def down_projections(graph):
+    """Weight MatMuls that map a wider input to a narrower output (BERT's feed-forward output layers), whose
+    activations have the widest range in the network and lose most when quantized."""
+    weights = {tensor.name: tuple(tensor.dims) for tensor in graph.initializer}
+    return [node.name for node in graph.node if node.op_type == "MatMul" and len(node.input) == 2
+            and len(weights.get(node.input[1], ())) == 2 and weights[node.input[1]][0] > weights[node.input[1]][1]]
+
+
+def quantize(fp32_path, int8_path, recipe=DEFAULT_QUANTIZATION_RECIPE):
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    prepared = int8_path.with_suffix(".prep.onnx")
+    if recipe not in QUANTIZATION_RECIPES:
+        raise ValueError(f"unknown quantization recipe {recipe!r}; choose from {', '.join(QUANTIZATION_RECIPES)}")
+    prepared = Path(int8_path).with_suffix(".prep.onnx")
     try:
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        quantize_dynamic(str(prepared), str(int8_path), weight_type=QuantType.QInt8)
+        excluded = down_projections(onnx.load(str(prepared)).graph) if recipe.endswith("-ffn-fp32") else []
+        weight_type = QuantType.QInt8 if recipe.startswith("s8") else QuantType.QUInt8
+        quantize_dynamic(str(prepared), str(int8_path), weight_type=weight_type, nodes_to_exclude=excluded)
     finally:
         prepared.unlink(missing_ok=True)
 
@@ -66,7 +91,8 @@ def _per_label_f1(gold, probabilities, thresholds):
     return {label: metrics["per_label"][label]["f1"] for label in LABELS}, metrics["macro_f1"]
 
 
-def export_model(model_dir, check_file, output_dir=None, max_abs_diff=1e-4, max_f1_drop=0.02, log=print):
+def export_model(model_dir, check_file, output_dir=None, max_abs_diff=1e-4, max_f1_drop=0.02, log=print,
+                 quantization_recipe=DEFAULT_QUANTIZATION_RECIPE):
     """Export, quantize and check; writes export_report.json and raises ExportCheckFailed on a failed check."""
     from ..serving.runtime import OnnxBackend, Scorer, pad_batch
     from ..training.dataset import read_annotated
@@ -89,7 +115,7 @@ def export_model(model_dir, check_file, output_dir=None, max_abs_diff=1e-4, max_
     model = reference.backend.model
     sample_features = sorted(features, key=lambda f: len(f["input_ids"]))[-4:]
     _export_fp32(model, pad_batch(sample_features, reference.encoder.tokenizer.pad_token_id), fp32_path)
-    _quantize(fp32_path, int8_path)
+    quantize(fp32_path, int8_path, quantization_recipe)
     log(f"exported {fp32_path} and {int8_path} in {time.time() - started:.0f}s; checking on {len(features)} turns")
 
     torch_probabilities = reference.predict_features(features)
@@ -103,7 +129,7 @@ def export_model(model_dir, check_file, output_dir=None, max_abs_diff=1e-4, max_
     int8_f1, int8_macro = _per_label_f1(gold, int8_probabilities, thresholds)
     torch_f1, torch_macro = _per_label_f1(gold, torch_probabilities, thresholds)
     report = {
-        "check_file": str(check_file), "turns": len(features),
+        "check_file": str(check_file), "turns": len(features), "quantization_recipe": quantization_recipe,
         "fp32_vs_torch_max_abs_diff": float(np.abs(fp32_probabilities - torch_probabilities).max()),
         "int8_vs_fp32_max_abs_diff": float(np.abs(int8_probabilities - fp32_probabilities).max()),
         "int8_vs_fp32_mean_abs_diff": float(np.abs(int8_probabilities - fp32_probabilities).mean()),

@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..model.export import DEFAULT_QUANTIZATION_RECIPE, QUANTIZATION_RECIPES
 from ..model.labels import LABELS
 # build_scorer takes any object with the ScorerSpec fields, such as the parsed arguments of score and eval.
 from .batch import build_scorer
@@ -139,7 +140,8 @@ def command_export(args):
             return 2
         check_file = json.loads(info.read_text())["config"]["data"]["dev_file"]
     try:
-        report = export_model(args.model_dir, check_file, args.output_dir, args.max_abs_diff, args.max_f1_drop)
+        report = export_model(args.model_dir, check_file, args.output_dir, args.max_abs_diff, args.max_f1_drop,
+                              quantization_recipe=args.quantization_recipe)
     except ExportCheckFailed as failure:
         print(f"error: export check failed: {failure} (see export_report.json)", file=sys.stderr)
         return 1
@@ -323,6 +325,10 @@ def parser():
     export.add_argument("--output-dir", help="where to write the ONNX files (default: MODEL_DIR/onnx)")
     export.add_argument("--max-abs-diff", type=float, default=1e-4, help="fp32 ONNX vs torch, probabilities")
     export.add_argument("--max-f1-drop", type=float, default=0.02, help="int8 vs fp32, per-label F1")
+    export.add_argument("--quantization-recipe", choices=list(QUANTIZATION_RECIPES),
+                        default=DEFAULT_QUANTIZATION_RECIPE,
+                        help="how the int8 file is quantized: "
+                             + "; ".join(f"{name}: {meaning}" for name, meaning in QUANTIZATION_RECIPES.items()))
     export.add_argument("--ship-to", metavar="DIR",
                         help="after passing the checks, copy the int8 model, tokenizer and card to DIR "
                              "(model/default is the model the package ships)")

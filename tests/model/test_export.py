@@ -37,3 +37,34 @@ def test_shipped_folder_scores_on_its_own(tiny_model, tmp_path):
     record = json.loads(TINY_DATA.read_text().splitlines()[0])
     (result,) = Scorer(shipped).score_records([record])
     assert result["id"] == record["id"] and len(result["turns"]) == 2
+
+
+def _weight_types(onnx_path):
+    """Element types of the quantized MatMul weights, and the weight MatMuls left in float."""
+    import onnx
+    graph = onnx.load(str(onnx_path)).graph
+    initializers = {t.name: t.data_type for t in graph.initializer}
+    quantized = {initializers[n.input[1]] for n in graph.node
+                 if n.op_type == "MatMulInteger" and n.input[1] in initializers}
+    float_matmuls = [n.name for n in graph.node if n.op_type == "MatMul" and any(i in initializers for i in n.input)]
+    return quantized, float_matmuls
+
+
+@pytest.mark.parametrize("recipe, weight_type, float_down_projections", [
+    ("s8", "INT8", 0), ("u8", "UINT8", 0), ("s8-ffn-fp32", "INT8", 2), ("u8-ffn-fp32", "UINT8", 2)])
+def test_quantization_recipes(tiny_model, tmp_path, recipe, weight_type, float_down_projections):
+    import onnx
+    from hengwen.model.export import down_projections, quantize
+    fp32 = tiny_model / "onnx" / "model.onnx"
+    # The tiny model has 2 layers with a 64 -> 32 feed-forward output each.
+    assert len(down_projections(onnx.load(str(fp32)).graph)) == 2
+    quantize(fp32, tmp_path / "model.int8.onnx", recipe)
+    types, float_matmuls = _weight_types(tmp_path / "model.int8.onnx")
+    assert types == {getattr(onnx.TensorProto, weight_type)}
+    assert len(float_matmuls) == float_down_projections
+
+
+def test_unknown_quantization_recipe_is_refused(tiny_model, tmp_path):
+    from hengwen.model.export import quantize
+    with pytest.raises(ValueError, match="u8-ffn-fp32"):
+        quantize(tiny_model / "onnx" / "model.onnx", tmp_path / "model.int8.onnx", "int4")
