@@ -58,7 +58,7 @@ QUANTIZATION_RECIPES = {
     "s8-ffn-fp32": "int8 weights, but each feed-forward down-projection kept in fp32 (about 1.5x the size)",
     "u8-ffn-fp32": "uint8 weights, each feed-forward down-projection kept in fp32",
 }
-DEFAULT_QUANTIZATION_RECIPE = "u8"
+DEFAULT_QUANTIZATION_RECIPE = "u8-ffn-fp32"
 
 
 def down_projections(graph):
