@@ -18,6 +18,8 @@ def data_file_hashes(data):
     """sha256 of every data file a training config names ({field: hash}, a list of hashes for a list field)."""
     hashes = {}
     for name, value in vars(data).items():
+        if not name.endswith(("_file", "_files")):
+            continue
         if isinstance(value, list):
             if value:
                 hashes[name] = [file_sha256(path) for path in value]
@@ -39,11 +41,20 @@ def read_annotated(path):
     return conversations
 
 
-def _turn_examples(path, tokenizer_dir, encoding, digest):
+def without_timestamps(conversation, share):
+    """The conversation with every `ts` removed when the hash of its id falls in the first `share` of the range."""
+    bucket = int(hashlib.sha256(str(conversation["id"]).encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
+    if bucket >= share or not any("ts" in turn for turn in conversation["turns"]):
+        return conversation
+    return {**conversation, "turns": [{k: v for k, v in turn.items() if k != "ts"} for turn in conversation["turns"]]}
+
+
+def _turn_examples(path, tokenizer_dir, encoding, digest, untimed_share):
     from transformers import AutoTokenizer
     del digest  # only part of the cache key, so that an edited file is encoded again
     encoder = TurnEncoder(AutoTokenizer.from_pretrained(tokenizer_dir), EncodingConfig.from_dict(encoding))
     for conversation_number, conversation in enumerate(read_annotated(path)):
+        conversation = without_timestamps(conversation, untimed_share)
         targets, features = encoder.encode(conversation["turns"])
         for target, feature in zip(targets, features):
             gold = conversation["turns"][target]["labels"]
@@ -52,11 +63,11 @@ def _turn_examples(path, tokenizer_dir, encoding, digest):
                    "conversation_id": str(conversation["id"])}
 
 
-def load_turn_dataset(path, tokenizer_dir, encoding: EncodingConfig):
+def load_turn_dataset(path, tokenizer_dir, encoding: EncodingConfig, untimed_share=0.0):
     from datasets import Dataset
     return Dataset.from_generator(_turn_examples, gen_kwargs={
         "path": str(Path(path).resolve()), "tokenizer_dir": str(tokenizer_dir),
-        "encoding": encoding.to_dict(), "digest": file_sha256(path)})
+        "encoding": encoding.to_dict(), "digest": file_sha256(path), "untimed_share": untimed_share})
 
 
 def gold_matrix(dataset):

@@ -132,7 +132,8 @@ def train(config: TrainingConfig, log=print):
     if config.model.freeze_word_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
 
-    train_set = load_turn_dataset(config.data.train_file, tokenizer_dir, config.encoding)
+    train_set = load_turn_dataset(config.data.train_file, tokenizer_dir, config.encoding,
+                                  untimed_share=config.data.untimed_share)
     if config.data.extra_train_files:
         from datasets import concatenate_datasets
         train_set = concatenate_datasets([train_set] + [load_turn_dataset(path, tokenizer_dir, config.encoding)
