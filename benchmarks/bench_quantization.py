@@ -21,17 +21,9 @@ from bench_score import cpu_model
 from hengwen.model.export import QUANTIZATION_RECIPES, quantize
 from hengwen.model.labels import LABELS
 from hengwen.serving.runtime import OnnxBackend, Scorer, pad_batch
+from hengwen.training.calibration import annotated_features
 from hengwen.training.dataset import read_annotated
 from hengwen.training.metrics import multilabel_metrics
-
-
-def dev_features(scorer, dev_file):
-    features, gold = [], []
-    for conversation in read_annotated(dev_file):
-        targets, encoded = scorer.encoder.encode(conversation["turns"])
-        features += encoded
-        gold += [[label in conversation["turns"][t]["labels"] for label in LABELS] for t in targets]
-    return features, np.asarray(gold, dtype=bool)
 
 
 def single_turn_ms(backend, features, pad_id):
@@ -58,7 +50,7 @@ def main():
     thresholds = {label: row["threshold"] for label, row in
                   json.loads((model_dir / "metrics_dev.json").read_text())["turn"]["per_label"].items()}
     scorer = Scorer(model_dir, engine="onnx", quantization="fp32", threads=args.threads)
-    features, gold = dev_features(scorer, args.dev)
+    features, gold = annotated_features(scorer.encoder, read_annotated(args.dev))
     pad_id = scorer.encoder.tokenizer.pad_token_id
     with tempfile.TemporaryDirectory() as scratch:
         backends = {"fp32": scorer.backend}

@@ -95,6 +95,7 @@ def export_model(model_dir, check_file, output_dir=None, max_abs_diff=1e-4, max_
                  quantization_recipe=DEFAULT_QUANTIZATION_RECIPE):
     """Export, quantize and check; writes export_report.json and raises ExportCheckFailed on a failed check."""
     from ..serving.runtime import OnnxBackend, Scorer, pad_batch
+    from ..training.calibration import annotated_features
     from ..training.dataset import read_annotated
 
     model_dir = Path(model_dir)
@@ -105,12 +106,7 @@ def export_model(model_dir, check_file, output_dir=None, max_abs_diff=1e-4, max_
 
     conversations = read_annotated(check_file)
     reference = Scorer(model_dir, engine="torch")
-    features, gold = [], []
-    for conversation in conversations:
-        targets, encoded = reference.encoder.encode(conversation["turns"])
-        features += encoded
-        gold += [[float(label in conversation["turns"][t]["labels"]) for label in LABELS] for t in targets]
-    gold = np.asarray(gold)
+    features, gold = annotated_features(reference.encoder, conversations)
 
     model = reference.backend.model
     sample_features = sorted(features, key=lambda f: len(f["input_ids"]))[-4:]

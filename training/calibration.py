@@ -93,14 +93,20 @@ def fit_temperatures(gold, probabilities):
     return temperatures
 
 
-def dev_probabilities(scorer, conversations):
-    """Gold (n, L) and the model's raw, uncalibrated probabilities for every agent turn of the conversations."""
+def annotated_features(encoder, conversations):
+    """Encoded examples for every agent turn of annotated conversations, and their gold labels (n, L) as booleans."""
     features, gold = [], []
     for conversation in conversations:
-        targets, encoded = scorer.encoder.encode(conversation["turns"])
+        targets, encoded = encoder.encode(conversation["turns"])
         features += encoded
         gold += [[label in conversation["turns"][t]["labels"] for label in LABELS] for t in targets]
-    return np.asarray(gold, dtype=bool).reshape(-1, len(LABELS)), scorer.predict_features(features, calibrated=False)
+    return features, np.asarray(gold, dtype=bool).reshape(-1, len(LABELS))
+
+
+def dev_probabilities(scorer, conversations):
+    """Gold (n, L) and the model's raw, uncalibrated probabilities for every agent turn of the conversations."""
+    features, gold = annotated_features(scorer.encoder, conversations)
+    return gold, scorer.predict_features(features, calibrated=False)
 
 
 def calibrate_model(model_dir, dev_file, engine="onnx", quantization="auto", threads=None, batch_size=32,
