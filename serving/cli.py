@@ -1,4 +1,4 @@
-"""The `hengwen` command: score, report, train, adapt, export, eval, calibrate, data validate/stats
+"""The `hengwen` command: score, report, train, adapt, soup, export, eval, calibrate, data validate/stats
 (and the service, in serve)."""
 import argparse
 import json
@@ -180,6 +180,12 @@ def command_calibrate(args):
     return 0
 
 
+def command_soup(args):
+    from ..training.soup import make_soup
+    make_soup(args.runs, args.dev, args.out, recipe=args.recipe, test_file=args.test)
+    return 0
+
+
 def command_data(args):
     from ..data.stats import corpus_stats, format_stats, validate_file
     if args.data_command == "validate":
@@ -318,6 +324,15 @@ def parser():
                        help="override one config field, e.g. --set mlm.max_steps=200 or "
                             "--set finetune.overrides.train.epochs=1 (repeatable)")
     adapt.set_defaults(handler=command_adapt)
+
+    soup = commands.add_parser("soup", help="average the weights of fine-tuned runs (greedy or uniform model soup)")
+    soup.add_argument("runs", nargs="+", metavar="RUN", help="training output folders that encode text alike")
+    soup.add_argument("--out", required=True, help="folder for the averaged model (a run folder: export it next)")
+    soup.add_argument("--dev", required=True, help="annotated JSONL that ranks the runs and chooses the thresholds")
+    soup.add_argument("--test", help="annotated JSONL to report once (metrics_test.json)")
+    soup.add_argument("--recipe", choices=["greedy", "uniform"], default="greedy",
+                      help="greedy: keep a run only if dev macro-F1 does not drop with it; uniform: average all")
+    soup.set_defaults(handler=command_soup)
 
     export = commands.add_parser("export", help="write and check ONNX fp32 and int8 models")
     export.add_argument("model_dir")
