@@ -24,11 +24,11 @@ def test_example_input_is_valid(path):
     assert validate_file(path, annotated=False) == []
 
 
-def test_no_conversation_id_is_shared_between_splits():
+def test_no_conversation_id_is_shared_between_corpus_files():
     import json
     seen = {}
-    for split in ("train", "dev", "test"):
-        for line in (DATA / "corpus" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
+    for path in sorted((DATA / "corpus").glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
             conversation_id = json.loads(line)["id"]
-            assert conversation_id not in seen, f"{conversation_id} in {seen.get(conversation_id)} and {split}"
-            seen[conversation_id] = split
+            assert conversation_id not in seen, f"{conversation_id} in {seen.get(conversation_id)} and {path.name}"
+            seen[conversation_id] = path.name
