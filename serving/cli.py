@@ -1,4 +1,4 @@
-"""The `hengwen` command: score, report, train, adapt, soup, export, eval, calibrate, data validate/stats
+"""The `hengwen` command: score, report, train, adapt, compare, soup, export, eval, calibrate, data validate/stats
 (and the service, in serve)."""
 import argparse
 import json
@@ -180,6 +180,15 @@ def command_calibrate(args):
     return 0
 
 
+def command_compare(args):
+    from ..training.compare import compare_runs, format_comparison
+    results = compare_runs(args.reference, args.runs, args.dev, resamples=args.resamples, seed=args.seed)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(format_comparison(args.reference, results))
+    return 0
+
+
 def command_soup(args):
     from ..training.soup import make_soup
     make_soup(args.runs, args.dev, args.out, recipe=args.recipe, test_file=args.test)
@@ -324,6 +333,16 @@ def parser():
                        help="override one config field, e.g. --set mlm.max_steps=200 or "
                             "--set finetune.overrides.train.epochs=1 (repeatable)")
     adapt.set_defaults(handler=command_adapt)
+
+    compare = commands.add_parser("compare", help="is a run better than a reference on dev, or is it noise "
+                                                  "(paired bootstrap over conversations)")
+    compare.add_argument("reference", metavar="REFERENCE", help="training output folder to compare against")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="training output folders, each compared with it")
+    compare.add_argument("--dev", required=True, help="annotated JSONL to resample (the dev split)")
+    compare.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the conversations")
+    compare.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    compare.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
+    compare.set_defaults(handler=command_compare)
 
     soup = commands.add_parser("soup", help="average the weights of fine-tuned runs (greedy or uniform model soup)")
     soup.add_argument("runs", nargs="+", metavar="RUN", help="training output folders that encode text alike")

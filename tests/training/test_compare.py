@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+
+from hengwen.model.labels import LABELS
+from hengwen.training.compare import compare_runs, format_comparison, paired_bootstrap
+
+from ..conftest import TINY_DATA
+
+HALF = dict.fromkeys(LABELS, 0.5)
+
+
+def _data(seed=0, conversations=60, turns=4):
+    rng = np.random.default_rng(seed)
+    gold = rng.random((conversations * turns, len(LABELS))) < 0.3
+    return gold, np.repeat(np.arange(conversations), turns)
+
+
+def test_a_run_against_itself_is_never_better():
+    gold, conversation = _data()
+    scores = np.random.default_rng(1).random(gold.shape)
+    result = paired_bootstrap(gold, conversation, (scores, HALF), (scores, HALF), resamples=50)
+    assert result["difference"] == 0 and result["probability_better"] == 0
+    assert result["interval_90"] == [0.0, 0.0]
+
+
+def test_a_clearly_better_run_wins_almost_every_resample_and_the_order_matters():
+    gold, conversation = _data()
+    rng = np.random.default_rng(2)
+    noisy = np.where(rng.random(gold.shape) < 0.3, 1 - gold, gold).astype(float)
+    good = np.where(rng.random(gold.shape) < 0.05, 1 - gold, gold).astype(float)
+    better = paired_bootstrap(gold, conversation, (noisy, HALF), (good, HALF), resamples=200)
+    worse = paired_bootstrap(gold, conversation, (good, HALF), (noisy, HALF), resamples=200)
+    assert better["probability_better"] > 0.99 and better["interval_90"][0] > 0
+    assert worse["probability_better"] < 0.01 and worse["difference"] == -better["difference"]
+
+
+def test_compare_runs_reads_each_run_at_its_own_dev_thresholds(tiny_model):
+    results = compare_runs(tiny_model, [tiny_model], TINY_DATA, resamples=20)
+    row = results[str(tiny_model)]
+    assert row["dev_macro_f1"] == row["reference_dev_macro_f1"] and row["difference"] == 0
+    assert str(tiny_model) in format_comparison(tiny_model, results)
+
+
+def test_compare_refuses_files_that_are_not_runs(tmp_path, tiny_model):
+    with pytest.raises(FileNotFoundError):
+        compare_runs(tiny_model, [tmp_path], TINY_DATA, resamples=5)
