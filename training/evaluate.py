@@ -167,8 +167,15 @@ def turn_rows(conversations, table, thresholds):
                      "gold": [l for l, g in zip(LABELS, table.gold[row]) if g],
                      "predicted": [l for l, p in zip(LABELS, predicted[row]) if p],
                      "scores": {l: round(float(s), 4) for l, s in zip(LABELS, table.scores[row])},
-                     "conversation_turns": len(conversation["turns"]), "meta": conversation.get("meta", {})})
+                     "conversation_turns": len(conversation["turns"]),
+                     "timestamps": timestamp_coverage(conversation["turns"]), "meta": conversation.get("meta", {})})
     return rows
+
+
+def timestamp_coverage(turns):
+    """Whether a conversation's turns carry `ts`: "all", "some" or "none" (many real exports have none)."""
+    stamped = sum("ts" in turn for turn in turns)
+    return "none" if not stamped else "all" if stamped == len(turns) else "some"
 
 
 def length_bucket(turn_count):
@@ -183,6 +190,8 @@ SLICES = {
     "script": lambda row: row["meta"].get("script", "unknown"),
     "channel": lambda row: row["meta"].get("channel", "unknown"),
     "length": lambda row: length_bucket(row["conversation_turns"]),
+    # Labels that rest on reply gaps can only be seen with timestamps.
+    "timestamps": lambda row: row.get("timestamps", "unknown"),
     # Which part of a corpus a conversation comes from (this repository's `platform-contrast` set, say).
     "set": lambda row: row["meta"].get("set", "unknown"),
 }

@@ -9,7 +9,7 @@ from hengwen.serving.cli import main
 from hengwen.serving.runtime import Scorer
 from hengwen.training.dataset import read_annotated
 from hengwen.training.evaluate import (bad_cases, evaluate, evaluate_file, label_confusion, length_bucket,
-                                       slice_metrics, turn_table)
+                                       slice_metrics, timestamp_coverage, turn_table)
 from hengwen.training.metrics import multilabel_metrics
 
 from ..conftest import TINY_DATA
@@ -113,7 +113,7 @@ def test_slices_group_turns_and_average_only_labels_present():
          "scores": dict.fromkeys(LABELS, 0.0) | {"overbearing": 0.9}, "conversation_turns": 3,
          "meta": {"domain": "telecom", "script": "simplified", "channel": "chat", "set": "platform-contrast"}},
         {"conversation_id": "b", "gold": [], "predicted": [], "scores": dict.fromkeys(LABELS, 0.0),
-         "conversation_turns": 20, "meta": {"domain": "banking"}},
+         "conversation_turns": 20, "timestamps": "none", "meta": {"domain": "banking"}},
     ]
     slices = slice_metrics(rows, dict.fromkeys(LABELS, 0.5))
     assert slices["domain"]["telecom"]["macro_f1"] == 1.0
@@ -122,7 +122,14 @@ def test_slices_group_turns_and_average_only_labels_present():
     assert set(slices["script"]) == {"simplified", "unknown"}
     assert set(slices["length"]) == {"1-4 turns", "17+ turns"}
     assert set(slices["set"]) == {"platform-contrast", "unknown"}
+    assert set(slices["timestamps"]) == {"none", "unknown"}
     assert length_bucket(8) == "5-8 turns"
+
+
+def test_timestamp_coverage_tells_all_some_and_none_apart():
+    assert timestamp_coverage([{"ts": "2026-03-01T10:00:00+08:00"}, {"ts": "2026-03-01T10:01:00+08:00"}]) == "all"
+    assert timestamp_coverage([{"ts": "2026-03-01T10:00:00+08:00"}, {"text": "x"}]) == "some"
+    assert timestamp_coverage([{"text": "x"}]) == "none"
 
 
 def test_rule_baseline_is_evaluated_the_same_way(tmp_path):
