@@ -11,28 +11,24 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model.encoding import EncodingConfig
 from ..model.labels import LABELS
-from .dataset import gold_matrix, load_turn_dataset
+from .dataset import read_annotated
 from .metrics import multilabel_metrics
 
 RESAMPLES = 1000
 
 
 def dev_predictions(run_dir, dev_file):
-    """(gold (n, L), conversation index (n,), probabilities (n, L), thresholds) of a run on an annotated file,
-    with the thresholds of the run's metrics_dev.json (chosen on dev for these raw torch probabilities)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from .train import predict
-    run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    dataset = load_turn_dataset(dev_file, run_dir, EncodingConfig.from_dict(config.get("hengwen_encoding", {})))
-    model = AutoModelForSequenceClassification.from_pretrained(run_dir)
-    probabilities = predict(model, dataset, AutoTokenizer.from_pretrained(run_dir).pad_token_id)
-    per_label = json.loads((run_dir / "metrics_dev.json").read_text(encoding="utf-8"))["turn"]["per_label"]
-    thresholds = {label: per_label[label]["threshold"] for label in LABELS}
-    return gold_matrix(dataset), np.asarray(dataset["conversation"]), probabilities, thresholds
+    """(gold (n, L), conversation index (n,), probabilities (n, L), thresholds) of a run on an annotated file:
+    raw torch probabilities and the thresholds of the run's metrics_dev.json (chosen on dev for those)."""
+    from ..serving.runtime import Scorer
+    from .calibration import dev_probabilities
+    conversations = read_annotated(dev_file)
+    gold, probabilities = dev_probabilities(Scorer(run_dir, engine="torch"), conversations)
+    conversation = np.asarray([number for number, item in enumerate(conversations)
+                               for turn in item["turns"] if turn.get("role") == "agent"])
+    per_label = json.loads((Path(run_dir) / "metrics_dev.json").read_text(encoding="utf-8"))["turn"]["per_label"]
+    return gold, conversation, probabilities, {label: per_label[label]["threshold"] for label in LABELS}
 
 
 def paired_bootstrap(gold, conversation, reference, candidate, resamples=RESAMPLES, seed=0):

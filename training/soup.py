@@ -19,6 +19,7 @@ from ..model.classifier import set_hengwen_settings
 from ..model.encoding import EncodingConfig
 from .card import write_model_card
 from .dataset import file_sha256, load_turn_dataset
+from .train import evaluate, write_phase_metrics
 
 RECIPES = ("greedy", "uniform")
 # Settings that must agree for weights to be averaged and read by one encoder and one head.
@@ -66,7 +67,6 @@ class _DevJudge:
         self.dev_set = load_turn_dataset(dev_file, template_dir, encoding)
 
     def __call__(self, state):
-        from .train import evaluate
         self.model.load_state_dict(state)
         return evaluate(self.model, self.dev_set, self.pad_id)
 
@@ -119,11 +119,9 @@ def make_soup(run_dirs, dev_file, output_dir, recipe="greedy", test_file=None, l
 
     phases = {"dev": metrics}
     if test_file:
-        from .train import evaluate
         test_set = load_turn_dataset(test_file, run_dirs[0], encoding)
         phases["test"], _ = evaluate(model, test_set, judge.pad_id, thresholds)
-    for phase, phase_metrics in phases.items():
-        (output_dir / f"metrics_{phase}.json").write_text(json.dumps(phase_metrics, indent=2, ensure_ascii=False))
+    write_phase_metrics(output_dir, phases)
     description = {"recipe": recipe, "dev_file": str(dev_file), "dev_sha256": file_sha256(dev_file),
                    "ingredients": [{"run": run_dir, "dev_macro_f1": scores[run_dir], "kept": run_dir in kept}
                                    for run_dir in ranked],

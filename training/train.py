@@ -75,6 +75,12 @@ def evaluate(model, dataset, pad_id, thresholds=None):
             "conversation": multilabel_metrics(conversation_gold, conversation_scores, thresholds)}, thresholds
 
 
+def write_phase_metrics(output_dir, phases):
+    """metrics_{phase}.json for every phase ("dev", "test") of a saved model folder."""
+    for phase, metrics in phases.items():
+        (Path(output_dir) / f"metrics_{phase}.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
+
+
 def positive_weights(gold, mode):
     import torch
     if mode == "none":
@@ -203,8 +209,7 @@ def train(config: TrainingConfig, log=print):
     if config.data.test_file:
         test_set = load_turn_dataset(config.data.test_file, tokenizer_dir, config.encoding)
         phases["test"], _ = evaluate(model, test_set, pad_id, thresholds)
-    for phase, metrics in phases.items():
-        (output_dir / f"metrics_{phase}.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
+    write_phase_metrics(output_dir, phases)
     run_info = {
         "config": config.to_dict(), "best_epoch": best_epoch, "history": history, "train_seconds": train_seconds,
         "data_sha256": data_file_hashes(config.data),
