@@ -23,6 +23,10 @@ class DataArguments:
     """Share of the timestamped training conversations (`train_file` only) whose timestamps are all removed, chosen
     by a hash of the conversation id: many real exports carry no times, and without this the model learns
     `cold-follow-up` mostly from reply-gap markers."""
+    untimed_copies: bool = False
+    """Train on every timestamped conversation of every training file twice: as written and with all timestamps
+    removed. Unlike `untimed_share`, no example loses its reply-gap markers; each is also seen without them, so a
+    label the text shows must be learned from the text."""
 
 
 @dataclass

@@ -49,25 +49,36 @@ def without_timestamps(conversation, share):
     return {**conversation, "turns": [{k: v for k, v in turn.items() if k != "ts"} for turn in conversation["turns"]]}
 
 
-def _turn_examples(path, tokenizer_dir, encoding, digest, untimed_share):
+def timing_variants(conversation, untimed_share=0.0, untimed_copies=False):
+    """The conversation as trained on: timestamps removed by `untimed_share`, then, with `untimed_copies`, a second
+    copy without any timestamps when the first still has some."""
+    conversation = without_timestamps(conversation, untimed_share)
+    variants = [conversation]
+    if untimed_copies and any("ts" in turn for turn in conversation["turns"]):
+        variants.append(without_timestamps(conversation, 1.0))
+    return variants
+
+
+def _turn_examples(path, tokenizer_dir, encoding, digest, untimed_share, untimed_copies):
     from transformers import AutoTokenizer
     del digest  # only part of the cache key, so that an edited file is encoded again
     encoder = TurnEncoder(AutoTokenizer.from_pretrained(tokenizer_dir), EncodingConfig.from_dict(encoding))
-    for conversation_number, conversation in enumerate(read_annotated(path)):
-        conversation = without_timestamps(conversation, untimed_share)
-        targets, features = encoder.encode(conversation["turns"])
-        for target, feature in zip(targets, features):
-            gold = conversation["turns"][target]["labels"]
-            yield {**feature, "labels": [float(label in gold) for label in LABELS],
-                   "conversation": conversation_number, "turn_index": target,
-                   "conversation_id": str(conversation["id"])}
+    for conversation_number, original in enumerate(read_annotated(path)):
+        for conversation in timing_variants(original, untimed_share, untimed_copies):
+            targets, features = encoder.encode(conversation["turns"])
+            for target, feature in zip(targets, features):
+                gold = conversation["turns"][target]["labels"]
+                yield {**feature, "labels": [float(label in gold) for label in LABELS],
+                       "conversation": conversation_number, "turn_index": target,
+                       "conversation_id": str(conversation["id"])}
 
 
-def load_turn_dataset(path, tokenizer_dir, encoding: EncodingConfig, untimed_share=0.0):
+def load_turn_dataset(path, tokenizer_dir, encoding: EncodingConfig, untimed_share=0.0, untimed_copies=False):
     from datasets import Dataset
     return Dataset.from_generator(_turn_examples, gen_kwargs={
         "path": str(Path(path).resolve()), "tokenizer_dir": str(tokenizer_dir),
-        "encoding": encoding.to_dict(), "digest": file_sha256(path), "untimed_share": untimed_share})
+        "encoding": encoding.to_dict(), "digest": file_sha256(path), "untimed_share": untimed_share,
+        "untimed_copies": untimed_copies})
 
 
 def gold_matrix(dataset):

@@ -138,12 +138,14 @@ def train(config: TrainingConfig, log=print):
     if config.model.freeze_word_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
 
+    copies = config.data.untimed_copies
     train_set = load_turn_dataset(config.data.train_file, tokenizer_dir, config.encoding,
-                                  untimed_share=config.data.untimed_share)
+                                  untimed_share=config.data.untimed_share, untimed_copies=copies)
     if config.data.extra_train_files:
         from datasets import concatenate_datasets
-        train_set = concatenate_datasets([train_set] + [load_turn_dataset(path, tokenizer_dir, config.encoding)
-                                                        for path in config.data.extra_train_files])
+        train_set = concatenate_datasets([train_set] + [
+            load_turn_dataset(path, tokenizer_dir, config.encoding, untimed_copies=copies)
+            for path in config.data.extra_train_files])
     if args.max_train_examples:
         train_set = train_set.shuffle(seed=args.seed).select(range(min(args.max_train_examples, len(train_set))))
     dev_set = load_turn_dataset(config.data.dev_file, tokenizer_dir, config.encoding)

@@ -2,7 +2,7 @@ import json
 
 from hengwen.model.encoding import EncodingConfig
 from hengwen.training.args import DataArguments
-from hengwen.training.dataset import data_file_hashes, load_turn_dataset, without_timestamps
+from hengwen.training.dataset import data_file_hashes, load_turn_dataset, timing_variants, without_timestamps
 
 from ..conftest import TINY_DATA
 
@@ -32,6 +32,26 @@ def test_untimed_share_reaches_the_encoded_training_examples(tmp_path, tiny_base
     timed = load_turn_dataset(path, tiny_base, EncodingConfig())["input_ids"]
     untimed = load_turn_dataset(path, tiny_base, EncodingConfig(), untimed_share=1.0)["input_ids"]
     assert len(untimed[0]) < len(timed[0])  # the six-hour gap marker is gone
+
+
+def test_untimed_copies_add_a_stripped_copy_of_timed_conversations_only():
+    timed = _conversation("c1")
+    untimed = without_timestamps(timed, 1.0)
+    as_written, stripped = timing_variants(timed, untimed_copies=True)
+    assert as_written is timed and stripped == untimed
+    assert timing_variants(untimed, untimed_copies=True) == [untimed]
+    assert timing_variants(timed) == [timed]
+
+
+def test_untimed_copies_double_the_timed_examples_with_and_without_gap_markers(tmp_path, tiny_base):
+    path = tmp_path / "mixed.jsonl"
+    lines = [_conversation("c1"), without_timestamps(_conversation("c2"), 1.0)]
+    path.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in lines), encoding="utf-8")
+    dataset = load_turn_dataset(path, tiny_base, EncodingConfig(), untimed_copies=True)
+    assert dataset["conversation_id"] == ["c1", "c1", "c2"]
+    with_markers, without_markers, _ = dataset["input_ids"]
+    assert len(without_markers) < len(with_markers)
+    assert dataset["labels"][0] == dataset["labels"][1]
 
 
 def test_only_file_settings_are_hashed():
