@@ -138,6 +138,8 @@ def train(config: TrainingConfig, log=print):
     if config.model.freeze_word_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
 
+    # hashed before reading, so that a data file edited while the run trains is not recorded as what it learned
+    data_sha256 = data_file_hashes(config.data)
     copies = config.data.untimed_copies
     train_set = load_turn_dataset(config.data.train_file, tokenizer_dir, config.encoding,
                                   untimed_share=config.data.untimed_share, untimed_copies=copies)
@@ -214,7 +216,7 @@ def train(config: TrainingConfig, log=print):
     write_phase_metrics(output_dir, phases)
     run_info = {
         "config": config.to_dict(), "best_epoch": best_epoch, "history": history, "train_seconds": train_seconds,
-        "data_sha256": data_file_hashes(config.data),
+        "data_sha256": data_sha256,
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "torch_threads": torch.get_num_threads(), "device": device,
                     "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None},
