@@ -190,7 +190,7 @@ SLICES = {
     "script": lambda row: row["meta"].get("script", "unknown"),
     "channel": lambda row: row["meta"].get("channel", "unknown"),
     "length": lambda row: length_bucket(row["conversation_turns"]),
-    # Labels that rest on reply gaps can only be seen with timestamps.
+    # The model leans on reply-gap markers: this slice shows how it does where a conversation has no times.
     "timestamps": lambda row: row.get("timestamps", "unknown"),
     # Which part of a corpus a conversation comes from (this repository's `platform-contrast` set, say).
     "set": lambda row: row["meta"].get("set", "unknown"),
