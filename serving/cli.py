@@ -338,7 +338,8 @@ def parser():
                                                   "(paired bootstrap over conversations)")
     compare.add_argument("reference", metavar="REFERENCE", help="training output folder to compare against")
     compare.add_argument("runs", nargs="+", metavar="RUN", help="training output folders, each compared with it")
-    compare.add_argument("--dev", required=True, help="annotated JSONL to resample (the dev split)")
+    compare.add_argument("--dev", required=True, nargs="+", metavar="FILE",
+                         help="annotated JSONL to resample (the dev split); several files are pooled")
     compare.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the conversations")
     compare.add_argument("--seed", type=int, default=0, help="seed of the resampling")
     compare.add_argument("--json", metavar="FILE", help="also write every figure to FILE")

@@ -18,12 +18,14 @@ from .metrics import multilabel_metrics
 RESAMPLES = 1000
 
 
-def dev_predictions(run_dir, dev_file):
-    """(gold (n, L), conversation index (n,), probabilities (n, L), thresholds) of a run on an annotated file:
-    raw torch probabilities and the thresholds of the run's metrics_dev.json (chosen on dev for those)."""
+def dev_predictions(run_dir, dev_files):
+    """(gold (n, L), conversation index (n,), probabilities (n, L), thresholds) of a run on one annotated file or
+    several pooled: raw torch probabilities and the thresholds of the run's metrics_dev.json (chosen on dev for
+    those, so a pooled set of writers the run never saw measures how those thresholds carry over)."""
     from ..serving.runtime import Scorer
     from .calibration import dev_probabilities
-    conversations = read_annotated(dev_file)
+    paths = [dev_files] if isinstance(dev_files, (str, Path)) else list(dev_files)
+    conversations = [conversation for path in paths for conversation in read_annotated(path)]
     gold, probabilities = dev_probabilities(Scorer(run_dir, engine="torch"), conversations)
     conversation = np.asarray([number for number, item in enumerate(conversations)
                                for turn in item["turns"] if turn.get("role") == "agent"])
@@ -51,15 +53,16 @@ def paired_bootstrap(gold, conversation, reference, candidate, resamples=RESAMPL
             "probability_better": round(float((differences > 0).mean()), 3), "resamples": resamples}
 
 
-def compare_runs(reference_dir, run_dirs, dev_file, resamples=RESAMPLES, seed=0):
-    """Every run against the reference on dev_file: {run: {dev_macro_f1, reference_dev_macro_f1, ...}}."""
-    gold, conversation, *reference = dev_predictions(reference_dir, dev_file)
+def compare_runs(reference_dir, run_dirs, dev_files, resamples=RESAMPLES, seed=0):
+    """Every run against the reference on dev_files (a path or several, pooled):
+    {run: {dev_macro_f1, reference_dev_macro_f1, ...}}."""
+    gold, conversation, *reference = dev_predictions(reference_dir, dev_files)
     reference_f1 = multilabel_metrics(gold, *reference)["macro_f1"]
     results = {}
     for run_dir in run_dirs:
-        run_gold, _, *candidate = dev_predictions(run_dir, dev_file)
+        run_gold, _, *candidate = dev_predictions(run_dir, dev_files)
         if run_gold.shape != gold.shape or not np.array_equal(run_gold, gold):
-            raise ValueError(f"{run_dir} and {reference_dir} read {dev_file} into different turns")
+            raise ValueError(f"{run_dir} and {reference_dir} read {dev_files} into different turns")
         results[str(run_dir)] = {"dev_macro_f1": multilabel_metrics(gold, *candidate)["macro_f1"],
                                  "reference_dev_macro_f1": reference_f1,
                                  **paired_bootstrap(gold, conversation, reference, candidate, resamples, seed)}

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from hengwen.model.labels import LABELS
-from hengwen.training.compare import compare_runs, format_comparison, paired_bootstrap
+from hengwen.training.compare import compare_runs, dev_predictions, format_comparison, paired_bootstrap
 
 from ..conftest import TINY_DATA
 
@@ -44,3 +44,15 @@ def test_compare_runs_reads_each_run_at_its_own_dev_thresholds(tiny_model):
 def test_compare_refuses_files_that_are_not_runs(tmp_path, tiny_model):
     with pytest.raises(FileNotFoundError):
         compare_runs(tiny_model, [tmp_path], TINY_DATA, resamples=5)
+
+
+def test_several_dev_files_are_pooled_like_one(tmp_path, tiny_model):
+    lines = [line for line in open(TINY_DATA, encoding="utf-8") if line.strip()]
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_text("".join(lines[: len(lines) // 2]), encoding="utf-8")
+    second.write_text("".join(lines[len(lines) // 2:]), encoding="utf-8")
+    pooled_gold, pooled_conversation, pooled_probabilities, _ = dev_predictions(tiny_model, [first, second])
+    whole_gold, whole_conversation, whole_probabilities, _ = dev_predictions(tiny_model, TINY_DATA)
+    assert np.array_equal(pooled_gold, whole_gold)
+    assert np.array_equal(pooled_conversation, whole_conversation)
+    np.testing.assert_allclose(pooled_probabilities, whole_probabilities, atol=1e-6)
