@@ -421,7 +421,8 @@ def parser():
     calibrate = commands.add_parser("calibrate", help="fit per-label temperatures on dev and re-choose thresholds")
     calibrate.add_argument("model_dir", help="model folder; its config.json gets hengwen_temperatures and "
                                              "hengwen_thresholds, calibration.json the report")
-    calibrate.add_argument("--dev", required=True, help="annotated JSONL to fit on (the dev split)")
+    calibrate.add_argument("--dev", required=True, nargs="+", metavar="FILE",
+                           help="annotated JSONL to fit on (the dev split); several files are pooled")
     calibrate.add_argument("--engine", choices=["onnx", "torch"], default="onnx",
                            help="whose probabilities to calibrate: onnx (default, what is shipped) or torch")
     calibrate.add_argument("--quantization", choices=["auto", "int8", "fp32"], default="auto",

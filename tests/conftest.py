@@ -24,6 +24,16 @@ def tiny_base(tmp_path_factory):
     return folder
 
 
+@pytest.fixture
+def tiny_data_halves(tmp_path):
+    """TINY_DATA split into two files, first half and second half of its conversations."""
+    lines = [line for line in TINY_DATA.read_text(encoding="utf-8").splitlines(keepends=True) if line.strip()]
+    halves = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    halves[0].write_text("".join(lines[: len(lines) // 2]), encoding="utf-8")
+    halves[1].write_text("".join(lines[len(lines) // 2:]), encoding="utf-8")
+    return halves
+
+
 def tiny_config(tmp_path, base, **train):
     config = {
         "data": {"train_file": str(TINY_DATA), "dev_file": str(TINY_DATA)},

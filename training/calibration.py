@@ -13,7 +13,7 @@ import numpy as np
 from ..model.labels import LABELS
 from ..serving.runtime import Scorer, apply_temperatures
 from .card import write_calibration_section
-from .dataset import file_sha256, read_annotated
+from .dataset import file_sha256, path_list, read_annotated_files
 from .metrics import choose_thresholds, multilabel_metrics
 
 BINS = 10
@@ -109,21 +109,23 @@ def dev_probabilities(scorer, conversations):
     return gold, scorer.predict_features(features, calibrated=False)
 
 
-def calibrate_model(model_dir, dev_file, engine="onnx", quantization="auto", threads=None, batch_size=32,
+def calibrate_model(model_dir, dev_files, engine="onnx", quantization="auto", threads=None, batch_size=32,
                     bins=BINS):
-    """Fit temperatures and thresholds on dev_file, write them into model_dir/config.json and calibration.json."""
+    """Fit temperatures and thresholds on dev_files (one path or several, pooled), write them into
+    model_dir/config.json and calibration.json."""
     model_dir = Path(model_dir)
     scorer = Scorer(model_dir, engine=engine, quantization=quantization, threads=threads, batch_size=batch_size)
-    gold, raw = dev_probabilities(scorer, read_annotated(dev_file))
+    paths = path_list(dev_files)
+    gold, raw = dev_probabilities(scorer, read_annotated_files(paths))
     if not len(gold):
-        raise ValueError(f"{dev_file} has no agent turns to calibrate on")
+        raise ValueError(f"{', '.join(map(str, paths))} has no agent turns to calibrate on")
     temperatures = fit_temperatures(gold, raw)
     calibrated = apply_temperatures(raw, temperatures)
     raw_thresholds = choose_thresholds(gold, raw)
     thresholds = choose_thresholds(gold, calibrated)
     before, after = calibration_summary(gold, raw, bins), calibration_summary(gold, calibrated, bins)
     report = {
-        "dev_file": str(dev_file), "dev_sha256": file_sha256(dev_file), "turns": int(len(gold)),
+        "dev_files": {str(path): file_sha256(path) for path in paths}, "turns": int(len(gold)),
         "engine": engine, "quantization": scorer.backend.quantization,
         "temperatures": temperatures,
         "thresholds": {"previous": scorer.thresholds, "uncalibrated": raw_thresholds, "calibrated": thresholds},

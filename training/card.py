@@ -82,8 +82,9 @@ def write_calibration_section(model_dir, report):
         rows.append(f"| {label} | {per_label['temperature']:.3f} | {report['thresholds']['previous'][label]:.3f} | "
                     f"{report['thresholds']['calibrated'][label]:.3f} | {per_label['ece_before']:.4f} | "
                     f"{per_label['ece_after']:.4f} |")
+    fitted_on = " + ".join(f"`{path}`" for path in report["dev_files"])
     section = (f"{CALIBRATION_HEADING}\n"
-               f"Per-label temperatures and thresholds fitted on `{report['dev_file']}` ({report['turns']} agent "
+               f"Per-label temperatures and thresholds fitted on {fitted_on} ({report['turns']} agent "
                f"turns) for the {report['engine']} engine ({report['quantization']}): dev macro-F1 "
                f"{report['dev_macro_f1']['uncalibrated']:.3f} uncalibrated, {report['dev_macro_f1']['calibrated']:.3f} "
                f"calibrated; mean ECE {report['macro_ece']['before']:.4f} -> {report['macro_ece']['after']:.4f}. "

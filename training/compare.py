@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..model.labels import LABELS
-from .dataset import read_annotated
+from .dataset import read_annotated_files
 from .metrics import multilabel_metrics
 
 RESAMPLES = 1000
@@ -24,8 +24,7 @@ def dev_predictions(run_dir, dev_files):
     those, so a pooled set of writers the run never saw measures how those thresholds carry over)."""
     from ..serving.runtime import Scorer
     from .calibration import dev_probabilities
-    paths = [dev_files] if isinstance(dev_files, (str, Path)) else list(dev_files)
-    conversations = [conversation for path in paths for conversation in read_annotated(path)]
+    conversations = read_annotated_files(dev_files)
     gold, probabilities = dev_probabilities(Scorer(run_dir, engine="torch"), conversations)
     conversation = np.asarray([number for number, item in enumerate(conversations)
                                for turn in item["turns"] if turn.get("role") == "agent"])

@@ -41,6 +41,16 @@ def read_annotated(path):
     return conversations
 
 
+def path_list(paths):
+    """One path or several as a list of paths."""
+    return [paths] if isinstance(paths, (str, Path)) else list(paths)
+
+
+def read_annotated_files(paths):
+    """read_annotated over one path or several, pooled in order (corpus ids are unique across files)."""
+    return [conversation for path in path_list(paths) for conversation in read_annotated(path)]
+
+
 def without_timestamps(conversation, share):
     """The conversation with every `ts` removed when the hash of its id falls in the first `share` of the range."""
     bucket = int(hashlib.sha256(str(conversation["id"]).encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF

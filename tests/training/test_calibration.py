@@ -115,6 +115,16 @@ def test_calibrate_command_writes_temperatures_thresholds_and_report(tiny_model_
         report["per_label"]["overbearing"]["log_loss_after"], abs=2e-3)
 
 
+def test_calibrating_on_several_files_pools_them_and_records_each(tiny_model_copy, tiny_data_halves):
+    assert main(["calibrate", str(tiny_model_copy), "--dev", *map(str, tiny_data_halves)]) == 0
+    report = json.loads((tiny_model_copy / "calibration.json").read_text())
+    assert list(report["dev_files"]) == [str(path) for path in tiny_data_halves]
+    turns = sum(turn["role"] == "agent" for conversation in read_annotated(TINY_DATA) for turn in conversation["turns"])
+    assert report["turns"] == turns
+    card = (tiny_model_copy / "README.md").read_text(encoding="utf-8")
+    assert all(f"`{path}`" in card for path in tiny_data_halves)
+
+
 def test_calibrating_twice_leaves_one_card_section_with_the_config_thresholds(tiny_model_copy):
     for _ in range(2):
         assert main(["calibrate", str(tiny_model_copy), "--dev", str(TINY_DATA)]) == 0

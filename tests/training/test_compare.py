@@ -46,12 +46,8 @@ def test_compare_refuses_files_that_are_not_runs(tmp_path, tiny_model):
         compare_runs(tiny_model, [tmp_path], TINY_DATA, resamples=5)
 
 
-def test_several_dev_files_are_pooled_like_one(tmp_path, tiny_model):
-    lines = [line for line in open(TINY_DATA, encoding="utf-8") if line.strip()]
-    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
-    first.write_text("".join(lines[: len(lines) // 2]), encoding="utf-8")
-    second.write_text("".join(lines[len(lines) // 2:]), encoding="utf-8")
-    pooled_gold, pooled_conversation, pooled_probabilities, _ = dev_predictions(tiny_model, [first, second])
+def test_several_dev_files_are_pooled_like_one(tiny_data_halves, tiny_model):
+    pooled_gold, pooled_conversation, pooled_probabilities, _ = dev_predictions(tiny_model, tiny_data_halves)
     whole_gold, whole_conversation, whole_probabilities, _ = dev_predictions(tiny_model, TINY_DATA)
     assert np.array_equal(pooled_gold, whole_gold)
     assert np.array_equal(pooled_conversation, whole_conversation)
