@@ -85,7 +85,7 @@ def write_calibration_section(model_dir, report):
     fitted_on = " + ".join(f"`{path}`" for path in report["dev_files"])
     section = (f"{CALIBRATION_HEADING}\n"
                f"Per-label temperatures and thresholds fitted on {fitted_on} ({report['turns']} agent "
-               f"turns) for the {report['engine']} engine ({report['quantization']}): dev macro-F1 "
+               f"turns) for the {report['engine']} engine ({report['quantization']}): macro-F1 on them "
                f"{report['dev_macro_f1']['uncalibrated']:.3f} uncalibrated, {report['dev_macro_f1']['calibrated']:.3f} "
                f"calibrated; mean ECE {report['macro_ece']['before']:.4f} -> {report['macro_ece']['after']:.4f}. "
                f"Details: `calibration.json`.\n\n" + "\n".join(rows) + "\n\n")

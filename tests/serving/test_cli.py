@@ -98,6 +98,14 @@ def test_missing_input_file_is_a_clear_error(tmp_path, capsys):
     assert "nope.jsonl" in capsys.readouterr().err
 
 
+def test_torch_engine_on_an_onnx_only_model_is_a_clear_error(tmp_path, capsys):
+    # The shipped folder holds ONNX files and no torch weights.
+    assert main(["eval", str(TINY_DATA), "--engine", "torch", "--out", str(tmp_path / "report")]) == 2
+    error = capsys.readouterr().err
+    assert "no torch weights" in error and "--engine onnx" in error
+    assert not (tmp_path / "report").exists()
+
+
 def test_data_validate_exit_code(tmp_path, capsys):
     assert main(["data", "validate", str(TINY_DATA)]) == 0
     bad = tmp_path / "bad.jsonl"
