@@ -181,11 +181,18 @@ def command_calibrate(args):
 
 
 def command_compare(args):
-    from ..training.compare import compare_runs, format_comparison
-    results = compare_runs(args.reference, args.runs, args.dev, resamples=args.resamples, seed=args.seed)
+    from ..training.compare import compare_reports, compare_runs, format_comparison
+    if args.reports:
+        results = compare_reports(args.reference, args.runs, resamples=args.resamples, seed=args.seed)
+    elif args.dev:
+        results = compare_runs(args.reference, args.runs, args.dev, resamples=args.resamples, seed=args.seed)
+    else:
+        print("error: give --dev FILE... to compare training runs, or --reports to compare eval folders",
+              file=sys.stderr)
+        return 2
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(format_comparison(args.reference, results))
+    print(format_comparison(args.reference, results, "the reports' turns" if args.reports else "dev"))
     return 0
 
 
@@ -336,10 +343,14 @@ def parser():
 
     compare = commands.add_parser("compare", help="is a run better than a reference on dev, or is it noise "
                                                   "(paired bootstrap over conversations)")
-    compare.add_argument("reference", metavar="REFERENCE", help="training output folder to compare against")
-    compare.add_argument("runs", nargs="+", metavar="RUN", help="training output folders, each compared with it")
-    compare.add_argument("--dev", required=True, nargs="+", metavar="FILE",
+    compare.add_argument("reference", metavar="REFERENCE",
+                         help="training output folder (eval folder with --reports) to compare against")
+    compare.add_argument("runs", nargs="+", metavar="RUN",
+                         help="training output folders (eval folders with --reports), each compared with it")
+    compare.add_argument("--dev", nargs="+", metavar="FILE",
                          help="annotated JSONL to resample (the dev split); several files are pooled")
+    compare.add_argument("--reports", action="store_true",
+                         help="REFERENCE and RUNs are `hengwen eval` folders on one gold file, compared as they scored")
     compare.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the conversations")
     compare.add_argument("--seed", type=int, default=0, help="seed of the resampling")
     compare.add_argument("--json", metavar="FILE", help="also write every figure to FILE")

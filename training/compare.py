@@ -52,25 +52,50 @@ def paired_bootstrap(gold, conversation, reference, candidate, resamples=RESAMPL
             "probability_better": round(float((differences > 0).mean()), 3), "resamples": resamples}
 
 
-def compare_runs(reference_dir, run_dirs, dev_files, resamples=RESAMPLES, seed=0):
-    """Every run against the reference on dev_files (a path or several, pooled):
-    {run: {dev_macro_f1, reference_dev_macro_f1, ...}}."""
-    gold, conversation, *reference = dev_predictions(reference_dir, dev_files)
-    reference_f1 = multilabel_metrics(gold, *reference)["macro_f1"]
+def report_predictions(report_dir):
+    """(gold, conversation index, probabilities, thresholds) of a `hengwen eval` report folder, as it scored: the
+    engine, temperatures and thresholds it ran with (turns.jsonl and metrics.json)."""
+    report_dir = Path(report_dir)
+    rows = [json.loads(line) for line in (report_dir / "turns.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    per_label = json.loads((report_dir / "metrics.json").read_text(encoding="utf-8"))["turn"]["per_label"]
+    numbers = {identifier: number for number, identifier in enumerate(dict.fromkeys(r["conversation_id"] for r in rows))}
+    gold = np.asarray([[label in row["gold"] for label in LABELS] for row in rows], dtype=bool)
+    probabilities = np.asarray([[row["scores"][label] for label in LABELS] for row in rows])
+    conversation = np.asarray([numbers[row["conversation_id"]] for row in rows])
+    return gold, conversation, probabilities, {label: per_label[label]["threshold"] for label in LABELS}
+
+
+def _paired_comparison(reference, candidates, predictions, resamples, seed):
+    gold, conversation, *reference_scores = predictions(reference)
+    reference_f1 = multilabel_metrics(gold, *reference_scores)["macro_f1"]
     results = {}
-    for run_dir in run_dirs:
-        run_gold, _, *candidate = dev_predictions(run_dir, dev_files)
-        if run_gold.shape != gold.shape or not np.array_equal(run_gold, gold):
-            raise ValueError(f"{run_dir} and {reference_dir} read {dev_files} into different turns")
-        results[str(run_dir)] = {"dev_macro_f1": multilabel_metrics(gold, *candidate)["macro_f1"],
-                                 "reference_dev_macro_f1": reference_f1,
-                                 **paired_bootstrap(gold, conversation, reference, candidate, resamples, seed)}
+    for candidate in candidates:
+        candidate_gold, _, *candidate_scores = predictions(candidate)
+        if candidate_gold.shape != gold.shape or not np.array_equal(candidate_gold, gold):
+            raise ValueError(f"{candidate} and {reference} are not scored on the same turns")
+        results[str(candidate)] = {"dev_macro_f1": multilabel_metrics(gold, *candidate_scores)["macro_f1"],
+                                   "reference_dev_macro_f1": reference_f1,
+                                   **paired_bootstrap(gold, conversation, reference_scores, candidate_scores,
+                                                      resamples, seed)}
     return results
 
 
-def format_comparison(reference_dir, results):
-    lines = [f"against {reference_dir} (conversation-level paired bootstrap on dev)",
-             f"  {'run':48s}{'dev':>7s}{'diff':>8s}{'90% interval':>18s}{'P(better)':>11s}"]
+def compare_runs(reference_dir, run_dirs, dev_files, resamples=RESAMPLES, seed=0):
+    """Every run against the reference on dev_files (a path or several, pooled):
+    {run: {dev_macro_f1, reference_dev_macro_f1, ...}}."""
+    return _paired_comparison(reference_dir, run_dirs, lambda run: dev_predictions(run, dev_files), resamples, seed)
+
+
+def compare_reports(reference_dir, report_dirs, resamples=RESAMPLES, seed=0):
+    """Every `hengwen eval` report folder against the reference folder, all made on the same gold file: compares
+    models as they score (e.g. one model at two operating points, or int8 files), which compare_runs cannot."""
+    return _paired_comparison(reference_dir, report_dirs, report_predictions, resamples, seed)
+
+
+def format_comparison(reference_dir, results, scored_on="dev"):
+    lines = [f"against {reference_dir} (conversation-level paired bootstrap on {scored_on})",
+             f"  {'run':48s}{'macro':>7s}{'diff':>8s}{'90% interval':>18s}{'P(better)':>11s}"]
     for run, row in results.items():
         interval = f"{row['interval_90'][0]:+.3f}..{row['interval_90'][1]:+.3f}"
         lines.append(f"  {run:48s}{row['dev_macro_f1']:7.3f}{row['difference']:+8.3f}{interval:>18s}"

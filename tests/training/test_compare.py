@@ -1,8 +1,11 @@
+import json
+
 import numpy as np
 import pytest
 
 from hengwen.model.labels import LABELS
-from hengwen.training.compare import compare_runs, dev_predictions, format_comparison, paired_bootstrap
+from hengwen.training.compare import (compare_reports, compare_runs, dev_predictions, format_comparison,
+                                      paired_bootstrap)
 
 from ..conftest import TINY_DATA
 
@@ -52,3 +55,32 @@ def test_several_dev_files_are_pooled_like_one(tiny_data_halves, tiny_model):
     assert np.array_equal(pooled_gold, whole_gold)
     assert np.array_equal(pooled_conversation, whole_conversation)
     np.testing.assert_allclose(pooled_probabilities, whole_probabilities, atol=1e-6)
+
+
+def test_eval_reports_compare_models_as_they_scored(tmp_path, tiny_model, tiny_model_copy):
+    from hengwen.serving.runtime import Scorer
+    from hengwen.training.evaluate import evaluate_file
+    config_path = tiny_model_copy / "config.json"
+    config = json.loads(config_path.read_text())
+    config["hengwen_thresholds"] = dict.fromkeys(LABELS, 0.0)  # flags everything: a clearly worse operating point
+    config_path.write_text(json.dumps(config))
+    shipped, flag_all, other_gold = tmp_path / "shipped", tmp_path / "flag-all", tmp_path / "other"
+    evaluate_file(TINY_DATA, Scorer(tiny_model), "onnx", shipped)
+    evaluate_file(TINY_DATA, Scorer(tiny_model_copy), "onnx", flag_all)
+    itself = compare_reports(shipped, [shipped], resamples=20)[str(shipped)]
+    assert itself["difference"] == 0 and itself["probability_better"] == 0
+    worse = compare_reports(shipped, [flag_all], resamples=20)[str(flag_all)]
+    assert worse["dev_macro_f1"] == pytest.approx(
+        json.loads((flag_all / "metrics.json").read_text())["turn"]["macro_f1"], abs=1e-4)
+    lines = [line for line in TINY_DATA.read_text(encoding="utf-8").splitlines(keepends=True) if line.strip()]
+    half = tmp_path / "half.jsonl"
+    half.write_text("".join(lines[: len(lines) // 2]), encoding="utf-8")
+    evaluate_file(half, Scorer(tiny_model), "onnx", other_gold)
+    with pytest.raises(ValueError, match="same turns"):
+        compare_reports(shipped, [other_gold], resamples=5)
+
+
+def test_compare_command_needs_dev_files_or_reports(tiny_model, capsys):
+    from hengwen.serving.cli import main
+    assert main(["compare", str(tiny_model), str(tiny_model)]) == 2
+    assert "--reports" in capsys.readouterr().err
