@@ -52,10 +52,12 @@ class TorchBackend:
         from transformers import AutoModelForSequenceClassification
         if threads:
             torch.set_num_threads(threads)
-        weights = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+        weights = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                   "pytorch_model.bin.index.json")
         if not any((Path(model_dir) / name).is_file() for name in weights):
-            raise FileNotFoundError(f"no torch weights (model.safetensors) in {model_dir}: a shipped model folder holds "
-                                    f"ONNX only; use --engine onnx, or a training output folder for --engine torch")
+            raise FileNotFoundError(f"no torch weights (model.safetensors) in {model_dir}: a shipped model folder "
+                                    f"holds ONNX only; use --engine onnx, or a training output folder for --engine "
+                                    f"torch")
         self.torch = torch
         self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
         self.path = Path(model_dir)

@@ -4,7 +4,8 @@ A dev set of 1,333 turns in 257 conversations moves macro-F1 by about a point be
 beats the reference by 0.003 has not shown anything. This resamples dev conversations with replacement (turns of
 one conversation stay together: they share context and writer) and scores both runs on every resample at their
 own dev thresholds, the ones `hengwen train` chose. Reported per run against the reference: the mean difference of
-macro-F1, its 90% interval, and the share of resamples in which the run is better.
+macro-F1, its 90% interval, and the share of resamples in which the run is better. The same test compares
+`hengwen eval` report folders as they scored (compare_reports), e.g. one model at two operating points.
 """
 import json
 from pathlib import Path
@@ -59,7 +60,8 @@ def report_predictions(report_dir):
     rows = [json.loads(line) for line in (report_dir / "turns.jsonl").read_text(encoding="utf-8").splitlines()
             if line.strip()]
     per_label = json.loads((report_dir / "metrics.json").read_text(encoding="utf-8"))["turn"]["per_label"]
-    numbers = {identifier: number for number, identifier in enumerate(dict.fromkeys(r["conversation_id"] for r in rows))}
+    conversation_ids = dict.fromkeys(row["conversation_id"] for row in rows)
+    numbers = {identifier: number for number, identifier in enumerate(conversation_ids)}
     gold = np.asarray([[label in row["gold"] for label in LABELS] for row in rows], dtype=bool)
     probabilities = np.asarray([[row["scores"][label] for label in LABELS] for row in rows])
     conversation = np.asarray([numbers[row["conversation_id"]] for row in rows])
