@@ -57,7 +57,7 @@ def test_several_dev_files_are_pooled_like_one(tiny_data_halves, tiny_model):
     np.testing.assert_allclose(pooled_probabilities, whole_probabilities, atol=1e-6)
 
 
-def test_eval_reports_compare_models_as_they_scored(tmp_path, tiny_model, tiny_model_copy):
+def test_eval_reports_compare_models_as_they_scored(tmp_path, tiny_model, tiny_model_copy, tiny_data_halves):
     from hengwen.serving.runtime import Scorer
     from hengwen.training.evaluate import evaluate_file
     config_path = tiny_model_copy / "config.json"
@@ -72,10 +72,7 @@ def test_eval_reports_compare_models_as_they_scored(tmp_path, tiny_model, tiny_m
     worse = compare_reports(shipped, [flag_all], resamples=20)[str(flag_all)]
     assert worse["dev_macro_f1"] == pytest.approx(
         json.loads((flag_all / "metrics.json").read_text())["turn"]["macro_f1"], abs=1e-4)
-    lines = [line for line in TINY_DATA.read_text(encoding="utf-8").splitlines(keepends=True) if line.strip()]
-    half = tmp_path / "half.jsonl"
-    half.write_text("".join(lines[: len(lines) // 2]), encoding="utf-8")
-    evaluate_file(half, Scorer(tiny_model), "onnx", other_gold)
+    evaluate_file(tiny_data_halves[0], Scorer(tiny_model), "onnx", other_gold)
     with pytest.raises(ValueError, match="same turns"):
         compare_reports(shipped, [other_gold], resamples=5)
 
