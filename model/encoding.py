@@ -3,12 +3,17 @@
 Layout (token level, see model/README.md):
 
     [CLS] opening exchange （略） recent turns, newest last [SEP] gap marker + target agent turn [SEP]
+        (following turns [SEP], only when `following_turns` > 0)
 
 Every context turn is written `客：text`, `服：text` or `系：text` (customer, agent, system). When timestamps are
 present, a turn that comes after a noticeable pause is preceded by a gap marker such as `〔隔4小时〕`, and the
 target turn always carries the gap to the message before it, so that a reply four hours late looks different
 from the same words at once. Long contexts are cut from the left, but the opening exchange (pre-sale warmth that
 `cold-follow-up` is judged against) is kept when `keep_opening_turns` > 0. The target turn is never dropped.
+
+A transcript scored after the fact also shows how the conversation went on ("说好的回电呢？", the agent's own
+"抱歉回复晚了"); with `following_turns` > 0 the turns after the target are read too, in a third segment. A live
+draft has nothing after it, so it is encoded as the last turn of a transcript is.
 """
 from dataclasses import asdict, dataclass, fields
 
@@ -32,6 +37,10 @@ class EncodingConfig:
     """At most this many turns before the target are read (then the opening, if kept)."""
     gap_markers: bool = True
     """Write reply-gap markers computed from `ts`."""
+    following_turns: int = 0
+    """How many turns after the target are read (0: none, as a live draft sees)."""
+    following_tokens: int = 32
+    """Token budget for those following turns (cut on the right: the nearest reaction is kept)."""
     lowercase: bool = False
     """Lower-case Latin letters before tokenizing. The bert-base-chinese vocabulary has lower-case word pieces
     only and its tokenizer does not lower-case, so "iPhone", "OK" or "SF1234567890" would each become [UNK].
@@ -111,9 +120,15 @@ class TurnEncoder:
         features = []
         for target, target_ids in zip(targets, target_pieces):
             target_ids = target_ids[:config.max_target_tokens]
-            budget = config.max_length - len(target_ids) - 3
-            features.append(self._assemble(self._context_ids(context_pieces, target, budget), target_ids))
+            following_ids = self._following_ids(context_pieces, target)
+            budget = config.max_length - len(target_ids) - 3 - (len(following_ids) + 1 if following_ids else 0)
+            features.append(self._assemble(self._context_ids(context_pieces, target, budget), target_ids,
+                                           following_ids))
         return targets, features
+
+    def _following_ids(self, pieces, target):
+        following = pieces[target + 1:target + 1 + self.config.following_turns]
+        return [token for piece in following for token in piece][:self.config.following_tokens]
 
     def _context_ids(self, pieces, target, budget):
         config = self.config
@@ -139,10 +154,14 @@ class TurnEncoder:
             context.extend(piece)
         return context[-budget:]
 
-    def _assemble(self, context_ids, target_ids):
+    def _assemble(self, context_ids, target_ids, following_ids):
         tokenizer = self.tokenizer
         input_ids = [tokenizer.cls_token_id] + context_ids + [tokenizer.sep_token_id] + target_ids + [tokenizer.sep_token_id]
         token_type_ids = [0] * (len(context_ids) + 2) + [1] * (len(target_ids) + 1)
+        if following_ids:
+            # Token type 0 again: BERT has two segment types, and the target must stand apart from both sides.
+            input_ids += following_ids + [tokenizer.sep_token_id]
+            token_type_ids += [0] * (len(following_ids) + 1)
         return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": [1] * len(input_ids)}
 
     def describe(self, turns, target):
