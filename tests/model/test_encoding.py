@@ -92,6 +92,43 @@ def test_draft_is_encoded_as_the_next_agent_turn(tokenizer):
     assert decoded(tokenizer, features[0]).endswith("抱歉久等了[SEP]")
 
 
+def test_following_turns_are_read_after_the_target_within_their_budget(tokenizer):
+    turns = TURNS[:4] + [{"role": "agent", "text": "好的"}, {"role": "customer", "text": "说好的安装师傅呢"}]
+    _, features = encoder(tokenizer, following_turns=2, following_tokens=32).encode(turns)
+    first = decoded(tokenizer, features[0])
+    assert "可以的，1匹正好适合十平米[SEP]客：好的我下单了系：订单已支付[SEP]" in first
+    assert "说好的安装师傅呢" not in first  # a third turn after the target
+    last = decoded(tokenizer, features[1])
+    assert last.endswith("好的[SEP]客：说好的安装师傅呢[SEP]")
+    types = features[1]["token_type_ids"]
+    following_start = len(types) - 1 - types[::-1].index(1) + 1
+    assert set(types[following_start:]) == {0} and types[following_start - 1] == 1
+
+    _, cut = encoder(tokenizer, following_turns=2, following_tokens=3).encode(turns)
+    assert decoded(tokenizer, cut[0]).endswith("[SEP]客：好[SEP]")
+    assert all(len(feature["input_ids"]) <= 128 for feature in features + cut)
+
+
+def test_last_turn_and_draft_have_nothing_following_and_default_reads_nothing_after(tokenizer):
+    reading = encoder(tokenizer, following_turns=2)
+    _, features = reading.encode(TURNS)
+    _, plain = encoder(tokenizer).encode(TURNS)
+    assert features[1] == plain[1]  # the last turn of the transcript
+    assert features[0] != plain[0] and decoded(tokenizer, plain[0]).endswith("适合十平米[SEP]")
+    _, (draft,) = reading.encode(TURNS, draft={"text": "抱歉久等了"})
+    _, (plain_draft,) = encoder(tokenizer).encode(TURNS, draft={"text": "抱歉久等了"})
+    assert draft == plain_draft
+
+
+def test_following_turns_take_room_from_the_context_not_the_target(tokenizer):
+    turns = [{"role": "customer" if i % 2 else "agent", "text": f"第{i}条消息" + "很长的内容" * 8} for i in range(12)]
+    turns[6] = {"role": "agent", "text": "要打分的回复"}
+    _, (feature,) = encoder(tokenizer, following_turns=1, following_tokens=20).encode(turns, targets=[6])
+    text = decoded(tokenizer, feature)
+    assert len(feature["input_ids"]) == 128
+    assert "[SEP]要打分的回复[SEP]客：第7条消息" in text
+
+
 @pytest.mark.parametrize("seconds, words", [(30, None), (600, "隔10分钟"), (4 * 3600, "隔4小时"),
                                             (3 * 86400, "隔3天")])
 def test_gap_words(seconds, words):
