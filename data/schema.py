@@ -77,3 +77,9 @@ def check_conversation(record, annotated=False):
     if problems:
         raise ConversationError("; ".join(problems))
     return record
+
+
+def timestamp_coverage(turns):
+    """Whether a conversation's turns carry `ts`: "all", "some" or "none" (many real exports have none)."""
+    stamped = sum(bool(turn.get("ts")) for turn in turns)
+    return "none" if not stamped else "all" if stamped == len(turns) else "some"

@@ -125,7 +125,7 @@ class RuleScorer:
         return [label for label in LABELS if scores[label] >= self.thresholds[label]]
 
     def score_records(self, records):
-        from ..serving.runtime import error_record
+        from ..serving.runtime import conversation_record, error_record
         outputs = []
         for record in records:
             try:
@@ -139,10 +139,5 @@ class RuleScorer:
                     scores, evidence = judge_turn(record["turns"], index)
                     turns.append({"index": index, "labels": self.decide(scores), "scores": scores,
                                   "evidence": evidence})
-            conversation_scores = {label: max(t["scores"][label] for t in turns) for label in LABELS}
-            result = {"id": str(record["id"]), "labels": self.decide(conversation_scores),
-                      "scores": conversation_scores, "turns": turns}
-            if isinstance(record.get("meta"), dict):
-                result["meta"] = record["meta"]
-            outputs.append(result)
+            outputs.append(conversation_record(record, turns, self.decide))
         return outputs

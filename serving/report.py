@@ -96,6 +96,7 @@ class ReportData:
     score_bins: list = field(default_factory=lambda: [[0, 0] for _ in range(SCORE_BINS)])  # [count, passed]
     worst: list = field(default_factory=list)
     with_text: int = 0
+    timestamps: Counter = field(default_factory=Counter)  # "all" / "some" / "none"; older scored files lack it
 
 
 def scored_records(path):
@@ -159,6 +160,8 @@ def aggregate(path, fields, top):
         data.agent_turns += len(record["turns"])
         data.flagged_turns.update(label for turn in record["turns"] for label in turn["labels"])
         data.with_text += "transcript" in record
+        if record.get("timestamps"):
+            data.timestamps[record["timestamps"]] += 1
         if isinstance(record.get("qa_score"), (int, float)):
             slot = data.score_bins[min(SCORE_BINS - 1, int(record["qa_score"] // (100 / SCORE_BINS)))]
             slot[0] += 1

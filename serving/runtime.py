@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.schema import ConversationError, check_conversation
+from ..data.schema import ConversationError, check_conversation, timestamp_coverage
 from ..model.classifier import ModelSettings
 from ..model.encoding import TurnEncoder
 from ..model.labels import LABELS
@@ -149,18 +149,24 @@ class Scorer:
         for index, row in zip(targets, probabilities):
             scores = {label: round(float(p), 4) for label, p in zip(LABELS, row)}
             turns.append({"index": index, "labels": self.decide(scores), "scores": scores})
-        conversation_scores = {label: max(t["scores"][label] for t in turns) for label in LABELS}
-        result = {"id": str(record["id"]), "labels": self.decide(conversation_scores), "scores": conversation_scores,
-                  "turns": turns}
-        if isinstance(record.get("meta"), dict):
-            result["meta"] = record["meta"]
-        return result
+        return conversation_record(record, turns, self.decide)
 
     def score_draft(self, context, draft):
         """Scores of a draft agent reply after `context` turns: {label: probability}."""
         _, features = self.encoder.encode(context, draft=draft)
         row = self.predict_features(features)[0]
         return {label: round(float(p), 4) for label, p in zip(LABELS, row)}
+
+
+def conversation_record(record, turns, decide):
+    """The output record of a scored conversation from its scored agent turns; a label's score is its best turn's."""
+    conversation_scores = {label: max(t["scores"][label] for t in turns) for label in LABELS}
+    # Without timestamps the model reads no reply gaps and finds fewer cold-follow-up turns; reports say so.
+    result = {"id": str(record["id"]), "labels": decide(conversation_scores), "scores": conversation_scores,
+              "turns": turns, "timestamps": timestamp_coverage(record["turns"])}
+    if isinstance(record.get("meta"), dict):
+        result["meta"] = record["meta"]
+    return result
 
 
 def error_record(record, reason, line=None):

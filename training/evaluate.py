@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.schema import timestamp_coverage
 from ..model.labels import LABELS
 from .calibration import BINS, calibration_summary
 from .dataset import file_sha256, read_annotated
@@ -170,12 +171,6 @@ def turn_rows(conversations, table, thresholds):
                      "conversation_turns": len(conversation["turns"]),
                      "timestamps": timestamp_coverage(conversation["turns"]), "meta": conversation.get("meta", {})})
     return rows
-
-
-def timestamp_coverage(turns):
-    """Whether a conversation's turns carry `ts`: "all", "some" or "none" (many real exports have none)."""
-    stamped = sum("ts" in turn for turn in turns)
-    return "none" if not stamped else "all" if stamped == len(turns) else "some"
 
 
 def length_bucket(turn_count):

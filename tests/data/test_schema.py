@@ -1,6 +1,7 @@
 import pytest
 
-from hengwen.data.schema import ConversationError, check_conversation, conversation_problems, parse_ts
+from hengwen.data.schema import (ConversationError, check_conversation, conversation_problems, parse_ts,
+                                 timestamp_coverage)
 
 
 def conversation(**changes):
@@ -43,3 +44,15 @@ def test_annotated_mode_requires_known_labels_on_agent_turns_only():
 def test_timestamps_with_offset_parse():
     assert parse_ts("2026-03-01T10:00:05+08:00").utcoffset().total_seconds() == 8 * 3600
     assert parse_ts("2026-03-01T02:00:05Z").hour == 2
+
+
+@pytest.mark.parametrize("stamps, coverage", [(["2026-03-01T10:00:00+08:00"] * 2, "all"),
+                                              (["2026-03-01T10:00:00+08:00", None], "some"),
+                                              ([None, None], "none")])
+def test_timestamp_coverage(stamps, coverage):
+    turns = [{"role": "customer", "text": "在吗"}, {"role": "agent", "text": "在的"}]
+    for turn, stamp in zip(turns, stamps):
+        if stamp:
+            turn["ts"] = stamp
+    assert timestamp_coverage(turns) == coverage
+    assert timestamp_coverage([{**turn, "ts": None} for turn in turns]) == "none"

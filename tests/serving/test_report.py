@@ -105,6 +105,19 @@ def test_without_transcripts_the_report_says_how_to_get_them(tmp_path, scored):
     assert "<td>A1</td>" in html and html.count("<svg class='chart'") == 3  # dates come from meta
 
 
+def test_untimed_conversations_are_counted_and_their_cold_follow_up_called_a_lower_bound(tmp_path, scored, report):
+    assert "没有时间戳" not in report  # every conversation of the fixture is timestamped
+    records = [json.loads(line) for line in scored.read_text(encoding="utf-8").splitlines()]
+    assert {r["timestamps"] for r in records if "turns" in r} == {"all"}
+    for record in records[:7]:
+        record["timestamps"] = "none"
+    untimed = tmp_path / "scored.jsonl"
+    untimed.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    assert main(["report", str(untimed), "-o", str(tmp_path / "r.html")]) == 0
+    html = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "7 通会话（25%）没有时间戳" in html and "lower bound" in html
+
+
 def test_report_of_an_empty_file_is_an_error(tmp_path, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("", encoding="utf-8")
