@@ -98,7 +98,7 @@ def command_experiments(args):
     from ..training.experiments import experiment_rows, format_table, run_experiments
     if not args.table_only:
         run_experiments(args.configs, rerun=args.rerun)
-    table = format_table(experiment_rows(args.configs, args.reference))
+    table = format_table(experiment_rows(args.configs, args.reference), with_test=args.with_test)
     if args.table:
         Path(args.table).write_text(table + "\n", encoding="utf-8")
     print(table)
@@ -321,6 +321,8 @@ def parser():
     experiments.add_argument("--table", metavar="FILE", help="also write the Markdown table to FILE")
     experiments.add_argument("--table-only", action="store_true", help="train nothing; tabulate finished runs")
     experiments.add_argument("--rerun", action="store_true", help="train again even when a run is finished")
+    experiments.add_argument("--with-test", action="store_true",
+                             help="add the test columns (left out by default: choose on dev, then report test)")
     experiments.set_defaults(handler=command_experiments)
 
     adapt = commands.add_parser("adapt", help="adapt a model to unlabelled exports: masked-LM pretraining, "

@@ -3,6 +3,9 @@
 Each config is one experiment row; the table names what it changes against a reference config (by default
 the first one), so that a row reads "encoding.gap_markers: true -> false" rather than as a full config.
 A run is reused when its output folder holds a `run_info.json` of the same config on the same data files.
+
+Test columns are left out unless asked for (`with_test`): choices are made on dev, and a table that shows test
+for every row invites choosing on it. Ask for them once the choice is made, to report it.
 """
 import json
 from pathlib import Path
@@ -77,18 +80,23 @@ def experiment_rows(config_paths, reference_path=None):
     return rows
 
 
-def format_table(rows):
-    header = ["config", "change against the reference", "dev macro-F1", "test macro-F1",
-              *(f"test {label}" for label in LABELS), "best epoch", "train s"]
+def format_table(rows, with_test=False):
+    header = ["config", "change against the reference", "dev macro-F1",
+              *(["test macro-F1", *(f"test {label}" for label in LABELS)] if with_test else []),
+              "best epoch", "train s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         if not row["finished"]:
             cells = ["not run"] + ["-"] * (len(header) - 3)
         else:
-            test_f1 = row.get("test_f1", {})
-            cells = [f"{row['dev_macro_f1']:.3f}", f"{row['test_macro_f1']:.3f}" if "test_macro_f1" in row else "-",
-                     *(f"{test_f1[label]:.3f}" if label in test_f1 else "-" for label in LABELS),
+            cells = [f"{row['dev_macro_f1']:.3f}", *(_test_cells(row) if with_test else []),
                      str(row["best_epoch"]), str(row["train_seconds"])]
         change = "<br>".join(f"`{item}`" for item in row["changes"]) or "(reference)"
         lines.append(f"| `{Path(row['config']).name}` | {change} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _test_cells(row):
+    test_f1 = row.get("test_f1", {})
+    return [f"{row['test_macro_f1']:.3f}" if "test_macro_f1" in row else "-",
+            *(f"{test_f1[label]:.3f}" if label in test_f1 else "-" for label in LABELS)]

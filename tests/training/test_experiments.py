@@ -54,3 +54,22 @@ def test_a_run_on_other_data_is_not_reused(tmp_path, tiny_base, capsys):
     data.write_text(data.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
     assert main(["experiments", str(path), "--table-only"]) == 0
     assert "not run" in capsys.readouterr().out
+
+
+def test_test_columns_only_when_asked_for(tmp_path, tiny_base, capsys):
+    from ..conftest import TINY_DATA
+    path = tiny_config(tmp_path, tiny_base, epochs=1)
+    config = json.loads(path.read_text())
+    config["data"]["test_file"] = str(TINY_DATA)
+    path.write_text(json.dumps(config))
+
+    def table(*flags):
+        assert main(["experiments", str(path), *flags]) == 0
+        return [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+
+    header, _, row = table()
+    assert "dev macro-F1" in header and "test" not in header
+    header, _, row = table("--table-only", "--with-test")
+    test_macro = json.loads((tmp_path / "model" / "metrics_test.json").read_text())["turn"]["macro_f1"]
+    assert "test macro-F1" in header and len(row.split("|")) == len(header.split("|"))
+    assert row.split("|")[4].strip() == f"{test_macro:.3f}"
