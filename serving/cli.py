@@ -25,8 +25,18 @@ def explain(item, record):
     return "\n".join(lines)
 
 
-def command_score(args):
+def _reader_options(args):
+    """input_format, columns and default_timezone from the reader flags `score` and `data attach-labels` share."""
     from ..data.readers import parse_column_mapping, parse_utc_offset
+    options = {"input_format": args.input_format}
+    if args.columns:
+        options["columns"] = parse_column_mapping(args.columns)
+    if args.timezone:
+        options["default_timezone"] = parse_utc_offset(args.timezone)
+    return options
+
+
+def command_score(args):
     from .batch import ScorerSpec, score_file, sigterm_as_interrupt
     scorecard = None
     if args.scorecard:
@@ -34,11 +44,7 @@ def command_score(args):
         scorecard = load_scorecard(None if args.scorecard == "default" else args.scorecard)
     spec = ScorerSpec(engine=args.engine, model=args.model, quantization=args.quantization, threads=args.threads,
                       batch_size=args.batch_size)
-    reader_options = {"input_format": args.input_format}
-    if args.columns:
-        reader_options["columns"] = parse_column_mapping(args.columns)
-    if args.timezone:
-        reader_options["default_timezone"] = parse_utc_offset(args.timezone)
+    reader_options = _reader_options(args)
     try:
         with sigterm_as_interrupt():
             summary = score_file(args.input, args.output, spec, workers=args.workers, resume=args.resume,
@@ -226,6 +232,20 @@ def command_data(args):
               f"form-only classifier, test turn macro-F1 {result['test']['macro_f1']:.3f} "
               + " ".join(f"{k} {v['f1']:.3f}" for k, v in result["test"]["per_label"].items()))
         return 0
+    if args.data_command == "attach-labels":
+        from ..data.standoff import attach_labels, read_standoff
+        labels, problems = read_standoff(args.labels)
+        if not problems:
+            annotated, problems = attach_labels(args.export, labels, **_reader_options(args))
+        if problems:
+            print("\n".join(problems), file=sys.stderr)
+            print(f"{len(problems)} problems; nothing written", file=sys.stderr)
+            return 1
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in annotated),
+                                     encoding="utf-8")
+        print(f"{len(annotated)} conversations, {len(labels)} labelled agent turns -> {args.output}", file=sys.stderr)
+        return 0
     if args.data_command == "agreement":
         from ..data.agreement import agreement
         result = agreement(args.first, args.second)
@@ -408,6 +428,14 @@ def parser():
     agree.add_argument("first", metavar="FIRST", help="annotated JSONL, first annotation")
     agree.add_argument("second", metavar="SECOND", help="the same conversations, second annotation")
     agree.add_argument("--json", action="store_true", help="also list every disagreement")
+    attach = data_commands.add_parser("attach-labels", help="join stand-off labels (id, turn, labels; no text) with "
+                                                            "the export they label into an annotated JSONL")
+    attach.add_argument("export", metavar="EXPORT", help="the conversations, in any format `score` reads")
+    attach.add_argument("labels", metavar="LABELS", help='JSONL, one {"id", "turn", "labels"} line per agent turn')
+    attach.add_argument("-o", "--output", required=True, help="annotated JSONL to write (labelled conversations)")
+    attach.add_argument("--input-format", choices=["jsonl", "csv", "xlsx"], help="override the export's extension")
+    attach.add_argument("--columns", metavar="FIELD=COLUMN,...", help="CSV/Excel column names, as for `score`")
+    attach.add_argument("--timezone", metavar="OFFSET", help="UTC offset for table timestamps, as for `score`")
     data.set_defaults(handler=command_data)
 
     from ..training.robustness import CHECKS

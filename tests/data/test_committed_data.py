@@ -8,6 +8,7 @@ from hengwen.data.stats import validate_file
 DATA = Path(__file__).resolve().parents[2] / "data"
 ANNOTATED = sorted((DATA / "corpus").glob("*.jsonl")) + sorted((DATA / "annotation").glob("*_annotation.jsonl"))
 EXAMPLES = sorted((DATA / "examples").glob("*.jsonl"))
+STANDOFF = sorted((DATA / "annotation").glob("*_standoff.jsonl"))
 
 
 def test_the_corpus_is_present():
@@ -17,6 +18,13 @@ def test_the_corpus_is_present():
 @pytest.mark.parametrize("path", ANNOTATED, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_annotated_file_is_valid(path):
     assert validate_file(path, annotated=True) == []
+
+
+@pytest.mark.parametrize("path", STANDOFF, ids=lambda p: p.name)
+def test_standoff_labels_are_valid(path):
+    from hengwen.data.standoff import read_standoff
+    labels, problems = read_standoff(path)
+    assert problems == [] and labels
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
