@@ -60,7 +60,9 @@ Multi-label, sigmoid outputs; a turn is flagged for a label when its probability
 {_metrics_table(phases)}
 
 ## Limits
-Trained on written conversations; real transcripts differ in form. Use the scores to find conversations for a
+Trained on written conversations; real transcripts differ in form, and the shipped recipe scores far lower on
+annotated real sessions than on its written test split. Measure a model on a labelled sample of your own service
+(`hengwen data attach-labels`, `hengwen eval`) before trusting it, and use the scores to find conversations for a
 person to review, not to judge agents automatically.
 """
     (Path(output_dir) / "README.md").write_text(text, encoding="utf-8")
