@@ -19,6 +19,10 @@ class DataArguments:
     extra_train_files: list = field(default_factory=list)
     """More annotated JSONL to train on with `train_file`: pseudo-labelled turns from `hengwen adapt`
     (DIR/self-training-N/pseudo_labels.jsonl), or a team's own conversations."""
+    train_share: float = 1.0
+    """Share of `train_file`'s conversations trained on, chosen by a hash of the conversation id (1.0: all): a
+    replay sample of the written corpus in a later training step, so that the step keeps what it learned there
+    while `extra_train_files` (e.g. annotated real sessions) move it elsewhere."""
     untimed_share: float = 0.0
     """Share of the timestamped training conversations (`train_file` only) whose timestamps are all removed, chosen
     by a hash of the conversation id: many real exports carry no times, and without this the model learns

@@ -51,10 +51,20 @@ def read_annotated_files(paths):
     return [conversation for path in path_list(paths) for conversation in read_annotated(path)]
 
 
+def id_bucket(conversation, salt=""):
+    """A stable number in [0, 1] from the conversation id; a different salt gives an independent draw, so that two
+    shares taken of one file (kept for training, stripped of timestamps) do not pick the same conversations."""
+    return int(hashlib.sha256((salt + str(conversation["id"])).encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def in_share(conversation, share):
+    """Whether the conversation is among the `share` of its file kept for training (1.0: every one)."""
+    return share >= 1.0 or id_bucket(conversation, salt="train_share:") < share
+
+
 def without_timestamps(conversation, share):
     """The conversation with every `ts` removed when the hash of its id falls in the first `share` of the range."""
-    bucket = int(hashlib.sha256(str(conversation["id"]).encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
-    if bucket >= share or not any("ts" in turn for turn in conversation["turns"]):
+    if id_bucket(conversation) >= share or not any("ts" in turn for turn in conversation["turns"]):
         return conversation
     return {**conversation, "turns": [{k: v for k, v in turn.items() if k != "ts"} for turn in conversation["turns"]]}
 
@@ -69,11 +79,13 @@ def timing_variants(conversation, untimed_share=0.0, untimed_copies=False):
     return variants
 
 
-def _turn_examples(path, tokenizer_dir, encoding, digest, untimed_share, untimed_copies):
+def _turn_examples(path, tokenizer_dir, encoding, digest, untimed_share, untimed_copies, share):
     from transformers import AutoTokenizer
     del digest  # only part of the cache key, so that an edited file is encoded again
     encoder = TurnEncoder(AutoTokenizer.from_pretrained(tokenizer_dir), EncodingConfig.from_dict(encoding))
     for conversation_number, original in enumerate(read_annotated(path)):
+        if not in_share(original, share):
+            continue
         for conversation in timing_variants(original, untimed_share, untimed_copies):
             targets, features = encoder.encode(conversation["turns"])
             for target, feature in zip(targets, features):
@@ -83,12 +95,13 @@ def _turn_examples(path, tokenizer_dir, encoding, digest, untimed_share, untimed
                        "conversation_id": str(conversation["id"])}
 
 
-def load_turn_dataset(path, tokenizer_dir, encoding: EncodingConfig, untimed_share=0.0, untimed_copies=False):
+def load_turn_dataset(path, tokenizer_dir, encoding: EncodingConfig, untimed_share=0.0, untimed_copies=False,
+                      share=1.0):
     from datasets import Dataset
     return Dataset.from_generator(_turn_examples, gen_kwargs={
         "path": str(Path(path).resolve()), "tokenizer_dir": str(tokenizer_dir),
         "encoding": encoding.to_dict(), "digest": file_sha256(path), "untimed_share": untimed_share,
-        "untimed_copies": untimed_copies})
+        "untimed_copies": untimed_copies, "share": share})
 
 
 def gold_matrix(dataset):

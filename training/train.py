@@ -142,7 +142,8 @@ def train(config: TrainingConfig, log=print):
     data_sha256 = data_file_hashes(config.data)
     copies = config.data.untimed_copies
     train_set = load_turn_dataset(config.data.train_file, tokenizer_dir, config.encoding,
-                                  untimed_share=config.data.untimed_share, untimed_copies=copies)
+                                  untimed_share=config.data.untimed_share, untimed_copies=copies,
+                                  share=config.data.train_share)
     if config.data.extra_train_files:
         from datasets import concatenate_datasets
         train_set = concatenate_datasets([train_set] + [

@@ -2,7 +2,8 @@ import json
 
 from hengwen.model.encoding import EncodingConfig
 from hengwen.training.args import DataArguments
-from hengwen.training.dataset import data_file_hashes, load_turn_dataset, timing_variants, without_timestamps
+from hengwen.training.dataset import (data_file_hashes, in_share, load_turn_dataset, timing_variants,
+                                      without_timestamps)
 
 from ..conftest import TINY_DATA
 
@@ -32,6 +33,26 @@ def test_untimed_share_reaches_the_encoded_training_examples(tmp_path, tiny_base
     timed = load_turn_dataset(path, tiny_base, EncodingConfig())["input_ids"]
     untimed = load_turn_dataset(path, tiny_base, EncodingConfig(), untimed_share=1.0)["input_ids"]
     assert len(untimed[0]) < len(timed[0])  # the six-hour gap marker is gone
+
+
+def test_train_share_keeps_a_stable_sample_drawn_apart_from_the_untimed_share():
+    conversations = [_conversation(f"c{i}") for i in range(400)]
+    kept = {c["id"] for c in conversations if in_share(c, 0.4)}
+    assert 0.3 < len(kept) / len(conversations) < 0.5
+    assert kept == {c["id"] for c in conversations if in_share(c, 0.4)}
+    assert all(in_share(c, 1.0) for c in conversations)
+    untimed = {c["id"] for c in conversations if not any("ts" in t for t in without_timestamps(c, 0.4)["turns"])}
+    # independent draws: about 0.4 x 0.4 of the conversations are in both, not all of the kept ones
+    assert 0.08 < len(kept & untimed) / len(conversations) < 0.25
+
+
+def test_train_share_reaches_the_training_examples(tmp_path, tiny_base):
+    conversations = [_conversation(f"c{i}") for i in range(40)]
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations), encoding="utf-8")
+    sampled = load_turn_dataset(path, tiny_base, EncodingConfig(), share=0.5)
+    assert set(sampled["conversation_id"]) == {c["id"] for c in conversations if in_share(c, 0.5)}
+    assert len(load_turn_dataset(path, tiny_base, EncodingConfig())) == 40
 
 
 def test_untimed_copies_add_a_stripped_copy_of_timed_conversations_only():
