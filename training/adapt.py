@@ -38,7 +38,7 @@ from ..model.classifier import ModelSettings, set_hengwen_settings
 from ..model.encoding import TurnEncoder
 from ..model.labels import LABELS
 from .args import TrainingConfig
-from .dataset import file_sha256, gold_matrix, read_annotated
+from .dataset import data_files, file_sha256, gold_matrix, read_annotated
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "adapt.json"
 QUANTILES = (0.5, 0.9, 0.99)
@@ -698,8 +698,8 @@ def adapt(config: AdaptConfig, output_dir, log=print):
     start_digest = _model_digest(config.from_model) if config.from_model else None
 
     training = TrainingConfig.from_json(config.finetune.training_config, config.finetune.overrides)
-    annotated = {name: {"path": path, "sha256": file_sha256(path)} for name, path in vars(training.data).items()
-                 if path}
+    annotated = {name: {"path": path, "sha256": file_sha256(path)}
+                 for name, path in data_files(training.data).items()}
     held_back = {conversation_key(record) for path in (training.data.dev_file, training.data.test_file) if path
                  for record in read_annotated(path)}
     records, unlabeled_counts = read_unlabeled(config.unlabeled, held_back)

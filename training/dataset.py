@@ -28,6 +28,17 @@ def data_file_hashes(data):
     return hashes
 
 
+def data_files(data):
+    """Every data file a training config names, one entry each ({field: path}; `extra_train_files[i]` for a list)."""
+    files = {}
+    for name, value in vars(data).items():
+        if name.endswith("_files"):
+            files.update({f"{name}[{number}]": path for number, path in enumerate(value)})
+        elif name.endswith("_file") and value:
+            files[name] = value
+    return files
+
+
 def read_annotated(path):
     """Annotated conversations of a JSONL file; refuses the file on the first invalid one (run `data validate`)."""
     conversations = []

@@ -2,7 +2,7 @@ import json
 
 from hengwen.model.encoding import EncodingConfig
 from hengwen.training.args import DataArguments
-from hengwen.training.dataset import (data_file_hashes, in_share, load_turn_dataset, timing_variants,
+from hengwen.training.dataset import (data_file_hashes, data_files, in_share, load_turn_dataset, timing_variants,
                                       without_timestamps)
 
 from ..conftest import TINY_DATA
@@ -78,3 +78,10 @@ def test_untimed_copies_double_the_timed_examples_with_and_without_gap_markers(t
 def test_only_file_settings_are_hashed():
     hashes = data_file_hashes(DataArguments(train_file=str(TINY_DATA), dev_file="", untimed_share=0.5))
     assert list(hashes) == ["train_file"]
+
+
+def test_data_files_names_each_file_and_no_setting():
+    data = DataArguments(train_file="a.jsonl", dev_file="b.jsonl", test_file="", train_share=0.4,
+                         extra_train_files=["c.jsonl", "d.jsonl"], untimed_share=0.5, untimed_copies=True)
+    assert data_files(data) == {"train_file": "a.jsonl", "dev_file": "b.jsonl",
+                                "extra_train_files[0]": "c.jsonl", "extra_train_files[1]": "d.jsonl"}
