@@ -57,6 +57,8 @@ QUANTIZATION_RECIPES = {
     "u8": "uint8 weights in every weight MatMul (same size; no saturation on AVX2-only CPUs)",
     "s8-ffn-fp32": "int8 weights, but each feed-forward down-projection kept in fp32 (about 1.5x the size)",
     "u8-ffn-fp32": "uint8 weights, each feed-forward down-projection kept in fp32",
+    "u8-ffn-fp32-per-channel": "u8-ffn-fp32 with one weight scale per output column instead of one per matrix "
+                               "(same size; keeps more of a column whose range differs from the rest)",
 }
 DEFAULT_QUANTIZATION_RECIPE = "u8-ffn-fp32"
 
@@ -78,9 +80,10 @@ def quantize(fp32_path, int8_path, recipe=DEFAULT_QUANTIZATION_RECIPE):
     prepared = Path(int8_path).with_suffix(".prep.onnx")
     try:
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        excluded = down_projections(onnx.load(str(prepared)).graph) if recipe.endswith("-ffn-fp32") else []
+        excluded = down_projections(onnx.load(str(prepared)).graph) if "-ffn-fp32" in recipe else []
         weight_type = QuantType.QInt8 if recipe.startswith("s8") else QuantType.QUInt8
-        quantize_dynamic(str(prepared), str(int8_path), weight_type=weight_type, nodes_to_exclude=excluded)
+        quantize_dynamic(str(prepared), str(int8_path), weight_type=weight_type, nodes_to_exclude=excluded,
+                         per_channel=recipe.endswith("-per-channel"))
     finally:
         prepared.unlink(missing_ok=True)
 

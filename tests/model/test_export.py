@@ -64,6 +64,20 @@ def test_quantization_recipes(tiny_model, tmp_path, recipe, weight_type, float_d
     assert len(float_matmuls) == float_down_projections
 
 
+@pytest.mark.parametrize("recipe, per_channel", [("u8-ffn-fp32", False), ("u8-ffn-fp32-per-channel", True)])
+def test_per_channel_recipe_gives_each_output_column_its_own_scale(tiny_model, tmp_path, recipe, per_channel):
+    import onnx
+    from hengwen.model.export import quantize
+    quantize(tiny_model / "onnx" / "model.onnx", tmp_path / "model.int8.onnx", recipe)
+    graph = onnx.load(str(tmp_path / "model.int8.onnx")).graph
+    initializers = {t.name: tuple(t.dims) for t in graph.initializer}
+    # MatMulInteger's fourth input is the weight zero point: one value per matrix, or one per output column
+    weight_zero_points = [initializers[n.input[3]] for n in graph.node
+                          if n.op_type == "MatMulInteger" and n.input[1] in initializers]
+    assert weight_zero_points
+    assert all((zero_point != () and zero_point[0] > 1) == per_channel for zero_point in weight_zero_points)
+
+
 def test_unknown_quantization_recipe_is_refused(tiny_model, tmp_path):
     from hengwen.model.export import quantize
     with pytest.raises(ValueError, match="u8-ffn-fp32"):
