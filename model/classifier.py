@@ -2,10 +2,12 @@
 
 A saved model is a `save_pretrained` folder whose config.json carries, next to id2label/label2id, the keys
 `hengwen_thresholds` (per-label decision thresholds), `hengwen_encoding` (EncodingConfig) and
-`hengwen_base_model`, so that every entry point reads one file to know how to encode and decide.
+`hengwen_base_model`, and after `hengwen calibrate` `hengwen_temperatures` and `hengwen_untimed_calibration`,
+so that every entry point reads one file to know how to encode and decide.
 """
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 from .encoding import EncodingConfig
@@ -51,8 +53,9 @@ def set_hengwen_settings(config, thresholds, encoding: EncodingConfig):
     config.hengwen_encoding = encoding.to_dict()
     # Temperatures fitted for earlier weights (a model trained further from a calibrated one) would distort the
     # probabilities these thresholds were chosen on; `hengwen calibrate` fits new ones.
-    if hasattr(config, "hengwen_temperatures"):
-        del config.hengwen_temperatures
+    for key in ("hengwen_temperatures", "hengwen_untimed_calibration"):
+        if hasattr(config, key):
+            delattr(config, key)
 
 
 class ModelSettings:
@@ -71,6 +74,7 @@ class ModelSettings:
         self.thresholds = {label: 0.5 for label in LABELS} | self.raw.get("hengwen_thresholds", {})
         self.encoding = EncodingConfig.from_dict(self.raw.get("hengwen_encoding", {}))
         self.temperatures = self._temperatures(self.raw.get("hengwen_temperatures"))
+        self.untimed_calibration = self._untimed_calibration(self.raw.get("hengwen_untimed_calibration"))
         self.base_model = self.raw.get("hengwen_base_model", "unknown")
         self.version = self.raw.get("hengwen_model_version", self.model_dir.name)
 
@@ -85,3 +89,17 @@ class ModelSettings:
             raise ValueError(f"{self.model_dir}: hengwen_temperatures has unknown labels {sorted(unknown)} "
                              f"or non-positive values {bad}")
         return {label: float(values.get(label, 1.0)) for label in LABELS}
+
+    def _untimed_calibration(self, values):
+        """{"temperatures": {label: T}, "offsets": {label: logit offset}} for agent turns without `ts`, or None."""
+        if values is None:
+            return None
+        if self.temperatures is None or not isinstance(values, dict) or set(values) != {"temperatures", "offsets"}:
+            raise ValueError(f"{self.model_dir}: hengwen_untimed_calibration needs hengwen_temperatures and exactly "
+                             f"the keys 'temperatures' and 'offsets'")
+        offsets = values["offsets"]
+        if not isinstance(offsets, dict) or set(offsets) - set(LABELS) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in offsets.values()):
+            raise ValueError(f"{self.model_dir}: hengwen_untimed_calibration offsets must be finite numbers per label")
+        return {"temperatures": self._temperatures(values["temperatures"]),
+                "offsets": {label: float(offsets.get(label, 0.0)) for label in LABELS}}

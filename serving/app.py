@@ -289,11 +289,12 @@ def _model_info(scorer, settings):
     if isinstance(scorer, RuleScorer):
         return {"name": "rule-baseline", "version": package_version("hengwen"), "base_model": None,
                 "engine": "rules", "quantization": None, "labels": list(LABELS),
-                "thresholds": scorer.thresholds, "encoding": None}
+                "thresholds": scorer.thresholds, "untimed_calibration": None, "encoding": None}
     model = scorer.settings
     return {"name": model.model_dir.name, "version": model.version, "base_model": model.base_model,
             "engine": settings.engine, "quantization": scorer.backend.quantization, "labels": list(LABELS),
-            "thresholds": scorer.thresholds, "encoding": model.encoding.to_dict()}
+            "thresholds": scorer.thresholds, "untimed_calibration": scorer.untimed,
+            "encoding": model.encoding.to_dict()}
 
 
 def _build_scorer(settings):

@@ -179,7 +179,8 @@ def command_eval(args):
 def command_calibrate(args):
     from ..training.calibration import calibrate_model, format_calibration
     report = calibrate_model(args.model_dir, args.dev, engine=args.engine, quantization=args.quantization,
-                             threads=args.threads, batch_size=args.batch_size, bins=args.bins)
+                             threads=args.threads, batch_size=args.batch_size, bins=args.bins,
+                             untimed=args.untimed)
     print(format_calibration(report))
     print(f"temperatures and thresholds written to {Path(args.model_dir) / 'config.json'}, "
           f"report to {Path(args.model_dir) / 'calibration.json'}")
@@ -469,6 +470,9 @@ def parser():
     calibrate.add_argument("--quantization", choices=["auto", "int8", "fp32"], default="auto",
                            help="which ONNX file to calibrate; auto prefers int8")
     calibrate.add_argument("--bins", type=int, default=10, help="reliability bins for the ECE")
+    calibrate.add_argument("--untimed", action="store_true",
+                           help="also fit a calibration for agent turns without ts (dev with every ts removed); "
+                                "off by default: on real untimed sessions it raised false alarms (decision rule 10)")
     calibrate.add_argument("--batch-size", type=int, default=32, help="agent turns per inference batch")
     calibrate.add_argument("--threads", type=int, default=0, help="inference threads (0: all cores)")
     calibrate.set_defaults(handler=command_calibrate)

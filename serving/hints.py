@@ -202,7 +202,8 @@ class Hinter:
             features = [encode(context, draft=draft_turn | {"text": draft[:start] + draft[end:]})[1][0]
                         for start, end in units]
             base = np.array([scores[label] for label in LABELS])
-            drops = base - self.scorer.predict_features(features)
+            timed = [bool(draft_turn.get("ts"))] * len(features)
+            drops = base - self.scorer.predict_features(features, timed=timed)
         phrases = {label: set(_lexicon_phrases(label)) for label in fired}
         found = find_phrases(draft, sorted(set().union(*phrases.values())))  # one segmentation for all labels
         evidence = {}

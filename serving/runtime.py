@@ -72,8 +72,9 @@ def load_tokenizer(model_dir):
     return ModelTokenizer(model_dir)
 
 
-def apply_temperatures(probabilities, temperatures):
-    """Temperature-scaled probabilities sigmoid(logit(p) / T), per label column; unchanged when temperatures is None.
+def apply_temperatures(probabilities, temperatures, offsets=None):
+    """Temperature-scaled probabilities sigmoid(logit(p) / T + offset), per label column; unchanged when
+    temperatures is None. Offsets (default 0) are the untimed calibration's (`hengwen calibrate`).
 
     Applied to the probabilities the model files output, so calibrating a model never touches its ONNX files.
     """
@@ -82,6 +83,8 @@ def apply_temperatures(probabilities, temperatures):
     clipped = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
     logits = np.log(clipped) - np.log1p(-clipped)
     scaled = logits / np.array([temperatures[label] for label in LABELS])
+    if offsets is not None:
+        scaled = scaled + np.array([offsets[label] for label in LABELS])
     return (1 / (1 + np.exp(-scaled))).astype(np.float32)
 
 
@@ -102,6 +105,7 @@ class Scorer:
         self.settings = ModelSettings(self.model_dir)
         self.thresholds = self.settings.thresholds
         self.temperatures = self.settings.temperatures
+        self.untimed = self.settings.untimed_calibration
         self.encoder = TurnEncoder(load_tokenizer(self.model_dir), self.settings.encoding)
         if engine == "onnx":
             self.backend = OnnxBackend(self.model_dir, quantization, threads)
@@ -111,33 +115,43 @@ class Scorer:
             raise ValueError(f"unknown engine {engine!r}")
         self.batch_size = batch_size
 
-    def predict_features(self, features, calibrated=True):
-        """Probabilities (n, labels) for encoded examples, batched by similar length to pad little; temperature-scaled
-        when the model is calibrated, unless calibrated=False (what `hengwen calibrate` fits on)."""
+    def predict_features(self, features, calibrated=True, timed=None):
+        """Probabilities (n, labels) for encoded examples, batched by similar length to pad little; calibrated
+        when the model is, unless calibrated=False (what `hengwen calibrate` fits on). `timed` (n booleans, default
+        all true) says which target turns carry a `ts`; the others get the untimed calibration when the model has one,
+        because without a `ts` the encoder writes no reply-gap marker and the model reads a different input."""
         probabilities = np.zeros((len(features), len(LABELS)), dtype=np.float32)
         order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
         pad_id = self.encoder.tokenizer.pad_token_id
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
             probabilities[chunk] = self.backend(pad_batch([features[i] for i in chunk], pad_id))
-        return apply_temperatures(probabilities, self.temperatures) if calibrated else probabilities
+        if not calibrated:
+            return probabilities
+        result = apply_temperatures(probabilities, self.temperatures)
+        if self.untimed is not None and timed is not None:
+            untimed = ~np.asarray(timed, dtype=bool)
+            result[untimed] = apply_temperatures(probabilities[untimed], self.untimed["temperatures"],
+                                                 self.untimed["offsets"])
+        return result
 
     def decide(self, scores):
         return [label for label in LABELS if scores[label] >= self.thresholds[label]]
 
     def score_records(self, records):
         """One output record per input record, in order: scores, or {"id", "error"} with the reason."""
-        encoded, outputs = [], []
+        encoded, outputs, timed = [], [], []
         for record in records:
             try:
                 check_conversation(record)
                 targets, features = self.encoder.encode(record["turns"])
                 encoded.append((record, targets, len(outputs), features))
+                timed += [bool(record["turns"][t].get("ts")) for t in targets]
                 outputs.append(None)
             except ConversationError as error:
                 outputs.append(error_record(record, str(error)))
         flat = [f for _, _, _, features in encoded for f in features]
-        probabilities = self.predict_features(flat) if flat else None
+        probabilities = self.predict_features(flat, timed=timed) if flat else None
         offset = 0
         for record, targets, slot, features in encoded:
             outputs[slot] = self._conversation_record(record, targets, probabilities[offset:offset + len(features)])
@@ -154,7 +168,7 @@ class Scorer:
     def score_draft(self, context, draft):
         """Scores of a draft agent reply after `context` turns: {label: probability}."""
         _, features = self.encoder.encode(context, draft=draft)
-        row = self.predict_features(features)[0]
+        row = self.predict_features(features, timed=[bool(draft.get("ts"))])[0]
         return {label: round(float(p), 4) for label, p in zip(LABELS, row)}
 
 

@@ -4,6 +4,12 @@
 probabilities (minimum log loss of sigmoid(logit / T)), re-chooses the thresholds on the calibrated probabilities
 and writes both into the model's config.json (`hengwen_temperatures`, `hengwen_thresholds`), where
 `serving.runtime.Scorer` applies them; the ONNX files stay as they are. The report goes to calibration.json.
+
+With `--untimed` it also fits an untimed calibration (`hengwen_untimed_calibration`) on the same conversations
+with every `ts` removed: a temperature per label, then a logit offset that moves the best-F1 threshold on those untimed
+probabilities onto the model's threshold. Without a `ts` the encoder writes no reply-gap marker, the model reads
+another kind of input and its scores shift (`cold-follow-up` most); the Scorer applies the untimed calibration
+to agent turns without `ts`, so one set of thresholds serves both.
 """
 import json
 from pathlib import Path
@@ -13,7 +19,7 @@ import numpy as np
 from ..model.labels import LABELS
 from ..serving.runtime import Scorer, apply_temperatures
 from .card import write_calibration_section
-from .dataset import file_sha256, path_list, read_annotated_files
+from .dataset import file_sha256, path_list, read_annotated_files, without_timestamps
 from .metrics import choose_thresholds, multilabel_metrics
 
 BINS = 10
@@ -93,6 +99,36 @@ def fit_temperatures(gold, probabilities):
     return temperatures
 
 
+def _logit(p):
+    return float(np.log(p) - np.log1p(-p))
+
+
+def fit_untimed_calibration(gold, raw, thresholds):
+    """Temperatures (lowest log loss) and per-label logit offsets for untimed turns' raw probabilities: with them,
+    a turn reaches the model's threshold exactly when its temperature-scaled score reaches the best-F1 threshold on
+    these untimed turns. Returns (calibration, best untimed thresholds before the offset)."""
+    temperatures = fit_temperatures(gold, raw)
+    best = choose_thresholds(gold, apply_temperatures(raw, temperatures))
+    offsets = {label: round(_logit(thresholds[label]) - _logit(best[label]), 4) for label in LABELS}
+    return {"temperatures": temperatures, "offsets": offsets}, best
+
+
+def untimed_report(gold, raw, calibration, best, temperatures, thresholds, bins):
+    """How the untimed turns score under the timed calibration and under their own, at the model's thresholds."""
+    timed_way = apply_temperatures(raw, temperatures)
+    own_way = apply_temperatures(raw, calibration["temperatures"], calibration["offsets"])
+    summaries = {"raw": calibration_summary(gold, raw, bins), "timed_calibration": calibration_summary(
+        gold, timed_way, bins), "untimed_calibration": calibration_summary(gold, own_way, bins)}
+    return {
+        "turns": int(len(gold)), **calibration, "best_thresholds_before_offset": best,
+        "macro_f1": {"timed_calibration": multilabel_metrics(gold, timed_way, thresholds)["macro_f1"],
+                     "untimed_calibration": multilabel_metrics(gold, own_way, thresholds)["macro_f1"]},
+        "macro_ece": {name: summary["macro_ece"] for name, summary in summaries.items()},
+        "per_label_ece": {name: {label: v["ece"] for label, v in summary["per_label"].items()}
+                          for name, summary in summaries.items()},
+    }
+
+
 def annotated_features(encoder, conversations):
     """Encoded examples for every agent turn of annotated conversations, and their gold labels (n, L) as booleans."""
     features, gold = [], []
@@ -110,13 +146,15 @@ def dev_probabilities(scorer, conversations):
 
 
 def calibrate_model(model_dir, dev_files, engine="onnx", quantization="auto", threads=None, batch_size=32,
-                    bins=BINS):
+                    bins=BINS, untimed=False):
     """Fit temperatures and thresholds on dev_files (one path or several, pooled), write them into
-    model_dir/config.json and calibration.json."""
+    model_dir/config.json and calibration.json; with `untimed`, also the untimed calibration. An untimed calibration
+    left from an earlier run is removed otherwise: its offsets were fitted to the earlier thresholds."""
     model_dir = Path(model_dir)
     scorer = Scorer(model_dir, engine=engine, quantization=quantization, threads=threads, batch_size=batch_size)
     paths = path_list(dev_files)
-    gold, raw = dev_probabilities(scorer, read_annotated_files(paths))
+    conversations = read_annotated_files(paths)
+    gold, raw = dev_probabilities(scorer, conversations)
     if not len(gold):
         raise ValueError(f"{', '.join(map(str, paths))} has no agent turns to calibrate on")
     temperatures = fit_temperatures(gold, raw)
@@ -124,6 +162,12 @@ def calibrate_model(model_dir, dev_files, engine="onnx", quantization="auto", th
     raw_thresholds = choose_thresholds(gold, raw)
     thresholds = choose_thresholds(gold, calibrated)
     before, after = calibration_summary(gold, raw, bins), calibration_summary(gold, calibrated, bins)
+    untimed_calibration, untimed_summary = None, None
+    if untimed:
+        untimed_gold, untimed_raw = dev_probabilities(scorer, [without_timestamps(c, 1.0) for c in conversations])
+        untimed_calibration, best_untimed = fit_untimed_calibration(untimed_gold, untimed_raw, thresholds)
+        untimed_summary = untimed_report(untimed_gold, untimed_raw, untimed_calibration, best_untimed, temperatures,
+                                         thresholds, bins)
     report = {
         "dev_files": {str(path): file_sha256(path) for path in paths}, "turns": int(len(gold)),
         "engine": engine, "quantization": scorer.backend.quantization,
@@ -139,11 +183,15 @@ def calibrate_model(model_dir, dev_files, engine="onnx", quantization="auto", th
                               "log_loss_after": after["per_label"][label]["log_loss"]} for label in LABELS},
         "reliability": {"before": {label: v["reliability"] for label, v in before["per_label"].items()},
                         "after": {label: v["reliability"] for label, v in after["per_label"].items()}},
+        "untimed": untimed_summary,
     }
     config_path = model_dir / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["hengwen_temperatures"] = temperatures
     config["hengwen_thresholds"] = thresholds
+    config.pop("hengwen_untimed_calibration", None)
+    if untimed_calibration is not None:
+        config["hengwen_untimed_calibration"] = untimed_calibration
     # The layout transformers' save_pretrained writes, so that a later save_pretrained gives a small diff.
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     (model_dir / "calibration.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -160,4 +208,15 @@ def format_calibration(report):
         lines.append(f"  {label:16s} T {row['temperature']:6.3f}  ECE {row['ece_before']:.4f} -> "
                      f"{row['ece_after']:.4f}  threshold {report['thresholds']['previous'][label]:.3f} -> "
                      f"{report['thresholds']['calibrated'][label]:.3f}")
+    untimed = report["untimed"]
+    if untimed is None:
+        return "\n".join(lines)
+    lines.append(f"untimed ({untimed['turns']} turns with every ts removed): macro-F1 at these thresholds "
+                 f"{untimed['macro_f1']['timed_calibration']:.4f} with the timed calibration -> "
+                 f"{untimed['macro_f1']['untimed_calibration']:.4f} with their own; mean ECE "
+                 f"{untimed['macro_ece']['timed_calibration']:.4f} -> "
+                 f"{untimed['macro_ece']['untimed_calibration']:.4f}")
+    for label in LABELS:
+        lines.append(f"  {label:16s} T {untimed['temperatures'][label]:6.3f}  logit offset "
+                     f"{untimed['offsets'][label]:+.3f}")
     return "\n".join(lines)

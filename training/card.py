@@ -71,6 +71,20 @@ person to review, not to judge agents automatically.
 CALIBRATION_HEADING = "## Calibration"
 
 
+def _untimed_paragraph(report):
+    untimed = report.get("untimed")
+    if untimed is None:
+        return ""
+    offsets = ", ".join(f"{label} T {untimed['temperatures'][label]:.3f} offset {untimed['offsets'][label]:+.3f}"
+                        for label in LABELS)
+    return (f"Agent turns without a `ts` (no reply-gap marker) get their own calibration, fitted on the same "
+            f"{untimed['turns']} turns with every `ts` removed ({offsets}): macro-F1 on them at the thresholds above "
+            f"{untimed['macro_f1']['timed_calibration']:.3f} with the timed calibration, "
+            f"{untimed['macro_f1']['untimed_calibration']:.3f} with their own; mean ECE "
+            f"{untimed['macro_ece']['timed_calibration']:.4f} -> "
+            f"{untimed['macro_ece']['untimed_calibration']:.4f}.\n\n")
+
+
 def write_calibration_section(model_dir, report):
     """Put the calibration report's outcome into the model card, replacing an earlier calibration section, so
     that the card states the thresholds and temperatures that `config.json` now holds."""
@@ -90,7 +104,7 @@ def write_calibration_section(model_dir, report):
                f"turns) for the {report['engine']} engine ({report['quantization']}): macro-F1 on them "
                f"{report['dev_macro_f1']['uncalibrated']:.3f} uncalibrated, {report['dev_macro_f1']['calibrated']:.3f} "
                f"calibrated; mean ECE {report['macro_ece']['before']:.4f} -> {report['macro_ece']['after']:.4f}. "
-               f"Details: `calibration.json`.\n\n" + "\n".join(rows) + "\n\n")
+               f"Details: `calibration.json`.\n\n" + "\n".join(rows) + "\n\n" + _untimed_paragraph(report))
     text = card.read_text(encoding="utf-8")
     start = text.find(CALIBRATION_HEADING)
     if start >= 0:

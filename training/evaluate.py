@@ -227,7 +227,7 @@ def describe_scorer(scorer, engine):
         return {"engine": "rules", "model_dir": None, "thresholds": dict(scorer.thresholds)}
     return {"engine": engine, "model_dir": str(scorer.model_dir), "model_version": scorer.settings.version,
             "quantization": scorer.backend.quantization, "thresholds": dict(scorer.thresholds),
-            "temperatures": scorer.temperatures}
+            "temperatures": scorer.temperatures, "untimed_calibration": scorer.untimed}
 
 
 def evaluate(scorer, conversations, quiet=True):

@@ -56,6 +56,7 @@ def test_health_and_info(client):
     info = client.get("/info").json()
     assert info["labels"] == list(LABELS)
     assert info["thresholds"] == {label: 0.0 for label in LABELS}
+    assert info["untimed_calibration"] is None
     assert info["quantization"] == "int8" and info["engine"] == "onnx"
     assert info["encoding"]["max_length"] == 64
     assert {"name", "version", "base_model", "limits"} <= set(info)

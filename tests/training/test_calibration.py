@@ -9,8 +9,9 @@ from hengwen.model.labels import LABELS
 from hengwen.serving.cli import main
 from hengwen.serving.runtime import Scorer, apply_temperatures
 from hengwen.training.calibration import (calibration_summary, expected_calibration_error, fit_temperatures,
-                                          log_loss, reliability_table)
-from hengwen.training.dataset import read_annotated
+                                          fit_untimed_calibration, log_loss, reliability_table)
+from hengwen.training.dataset import read_annotated, without_timestamps
+from hengwen.training.metrics import choose_thresholds, multilabel_metrics
 
 from ..conftest import TINY_DATA
 
@@ -140,6 +141,92 @@ def test_training_further_drops_temperatures_fitted_for_older_weights():
     from transformers import BertConfig
     config = BertConfig()
     config.hengwen_temperatures = dict.fromkeys(LABELS, 2.0)
+    config.hengwen_untimed_calibration = {"temperatures": dict.fromkeys(LABELS, 2.0), "offsets": {}}
     set_hengwen_settings(config, dict.fromkeys(LABELS, 0.3), EncodingConfig())
-    assert not hasattr(config, "hengwen_temperatures")
-    assert "hengwen_temperatures" not in config.to_dict()
+    for key in ("hengwen_temperatures", "hengwen_untimed_calibration"):
+        assert not hasattr(config, key) and key not in config.to_dict()
+
+
+def test_untimed_offsets_move_the_best_untimed_threshold_onto_the_models():
+    gold, probabilities = overconfident_sample(temperature=2.0, rows=1500, seed=3)
+    # Untimed scores run low: the best threshold on them is far below the model's.
+    shifted = apply_temperatures(probabilities, dict.fromkeys(LABELS, 1.0), dict.fromkeys(LABELS, -2.0))
+    model_thresholds = dict(zip(LABELS, (0.825, 0.475, 0.75, 0.575)))
+    calibration, best = fit_untimed_calibration(gold, shifted, model_thresholds)
+    assert best == choose_thresholds(gold, apply_temperatures(shifted, calibration["temperatures"]))
+    served = apply_temperatures(shifted, calibration["temperatures"], calibration["offsets"])
+    scaled = apply_temperatures(shifted, calibration["temperatures"])
+    for column, label in enumerate(LABELS):
+        assert calibration["offsets"][label] > 0
+        assert np.array_equal(served[:, column] >= model_thresholds[label], scaled[:, column] >= best[label])
+    assert multilabel_metrics(gold, served, model_thresholds)["macro_f1"] > \
+        multilabel_metrics(gold, shifted, model_thresholds)["macro_f1"]
+
+
+def _raw_scores(model_dir, conversations):
+    """Uncalibrated probabilities per agent turn, and whether each turn carries a ts."""
+    scorer = Scorer(model_dir)
+    features, timed = [], []
+    for conversation in conversations:
+        targets, encoded = scorer.encoder.encode(conversation["turns"])
+        features += encoded
+        timed += [bool(conversation["turns"][t].get("ts")) for t in targets]
+    return scorer.predict_features(features, calibrated=False), np.array(timed)
+
+
+def test_scorer_applies_the_untimed_calibration_to_turns_without_ts_only(tiny_model_copy):
+    config_path = tiny_model_copy / "config.json"
+    untimed = {"temperatures": dict.fromkeys(LABELS, 2.0), "offsets": dict.fromkeys(LABELS, 1.5)}
+    config_path.write_text(json.dumps(json.loads(config_path.read_text()) | {
+        "hengwen_temperatures": dict.fromkeys(LABELS, 1.2), "hengwen_untimed_calibration": untimed}))
+    conversations = read_annotated(TINY_DATA)
+    raw, timed = _raw_scores(tiny_model_copy, conversations)
+    assert timed.any() and not timed.all()
+    records = Scorer(tiny_model_copy).score_records(conversations)
+    served = np.array([[t["scores"][label] for label in LABELS] for r in records for t in r["turns"]])
+    expected_timed = apply_temperatures(raw, dict.fromkeys(LABELS, 1.2))
+    expected_untimed = apply_temperatures(raw, untimed["temperatures"], untimed["offsets"])
+    assert np.allclose(served[timed], expected_timed[timed], atol=2e-4)
+    assert np.allclose(served[~timed], expected_untimed[~timed], atol=2e-4)
+    assert not np.allclose(expected_timed[~timed], expected_untimed[~timed], atol=1e-2)
+    draft = {"text": "在的，您说"}
+    scorer = Scorer(tiny_model_copy)
+    context = conversations[0]["turns"][:1]
+    untimed_draft = scorer.score_draft(context, draft)
+    raw_draft = scorer.predict_features(scorer.encoder.encode(context, draft=draft)[1], calibrated=False)
+    assert np.allclose([untimed_draft[label] for label in LABELS],
+                       apply_temperatures(raw_draft, untimed["temperatures"], untimed["offsets"])[0], atol=2e-4)
+
+
+@pytest.mark.parametrize("bad", [{"temperatures": {}}, {"temperatures": {}, "offsets": {"overbearing": "1"}},
+                                 {"temperatures": {"overbearing": 0}, "offsets": {}},
+                                 {"temperatures": {}, "offsets": {"no-such-label": 1.0}}])
+def test_invalid_untimed_calibration_is_refused(tiny_model_copy, bad):
+    config_path = tiny_model_copy / "config.json"
+    config_path.write_text(json.dumps(json.loads(config_path.read_text()) | {
+        "hengwen_temperatures": dict.fromkeys(LABELS, 1.0), "hengwen_untimed_calibration": bad}))
+    with pytest.raises(ValueError, match="hengwen_"):
+        ModelSettings(tiny_model_copy)
+
+
+def test_calibrate_fits_the_untimed_calibration_on_the_dev_turns_without_ts(tiny_model_copy, capsys):
+    assert main(["calibrate", str(tiny_model_copy), "--dev", str(TINY_DATA), "--untimed"]) == 0
+    assert "untimed" in capsys.readouterr().out
+    report = json.loads((tiny_model_copy / "calibration.json").read_text())
+    settings = ModelSettings(tiny_model_copy)
+    assert settings.untimed_calibration == {"temperatures": report["untimed"]["temperatures"],
+                                            "offsets": report["untimed"]["offsets"]}
+    # Scored with every ts removed, the dev turns get exactly the figure the report gives for them.
+    stripped = [without_timestamps(c, 1.0) for c in read_annotated(TINY_DATA)]
+    records = Scorer(tiny_model_copy).score_records(stripped)
+    gold = [[label in c["turns"][t["index"]]["labels"] for label in LABELS] for c, r in zip(stripped, records)
+            for t in r["turns"]]
+    scores = [[t["scores"][label] for label in LABELS] for r in records for t in r["turns"]]
+    assert multilabel_metrics(gold, scores, settings.thresholds)["macro_f1"] == pytest.approx(
+        report["untimed"]["macro_f1"]["untimed_calibration"], abs=0.02)
+    assert "without a `ts`" in (tiny_model_copy / "README.md").read_text(encoding="utf-8")
+    # Calibrating again without --untimed removes it: its offsets belong to the earlier thresholds.
+    assert main(["calibrate", str(tiny_model_copy), "--dev", str(TINY_DATA)]) == 0
+    assert ModelSettings(tiny_model_copy).untimed_calibration is None
+    assert json.loads((tiny_model_copy / "calibration.json").read_text())["untimed"] is None
+    assert "without a `ts`" not in (tiny_model_copy / "README.md").read_text(encoding="utf-8")
