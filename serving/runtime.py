@@ -72,6 +72,12 @@ def load_tokenizer(model_dir):
     return ModelTokenizer(model_dir)
 
 
+def logit(probabilities):
+    """log(p / (1 - p)), with p kept off 0 and 1 so that the result is finite."""
+    clipped = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(clipped) - np.log1p(-clipped)
+
+
 def apply_temperatures(probabilities, temperatures, offsets=None):
     """Temperature-scaled probabilities sigmoid(logit(p) / T + offset), per label column; unchanged when
     temperatures is None. Offsets (default 0) are the untimed calibration's (`hengwen calibrate`).
@@ -80,9 +86,7 @@ def apply_temperatures(probabilities, temperatures, offsets=None):
     """
     if temperatures is None:
         return probabilities
-    clipped = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
-    logits = np.log(clipped) - np.log1p(-clipped)
-    scaled = logits / np.array([temperatures[label] for label in LABELS])
+    scaled = logit(probabilities) / np.array([temperatures[label] for label in LABELS])
     if offsets is not None:
         scaled = scaled + np.array([offsets[label] for label in LABELS])
     return (1 / (1 + np.exp(-scaled))).astype(np.float32)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..model.labels import LABELS
-from ..serving.runtime import Scorer, apply_temperatures
+from ..serving.runtime import Scorer, apply_temperatures, logit
 from .card import write_calibration_section
 from .dataset import file_sha256, path_list, read_annotated_files, without_timestamps
 from .metrics import choose_thresholds, multilabel_metrics
@@ -99,17 +99,13 @@ def fit_temperatures(gold, probabilities):
     return temperatures
 
 
-def _logit(p):
-    return float(np.log(p) - np.log1p(-p))
-
-
 def fit_untimed_calibration(gold, raw, thresholds):
     """Temperatures (lowest log loss) and per-label logit offsets for untimed turns' raw probabilities: with them,
     a turn reaches the model's threshold exactly when its temperature-scaled score reaches the best-F1 threshold on
     these untimed turns. Returns (calibration, best untimed thresholds before the offset)."""
     temperatures = fit_temperatures(gold, raw)
     best = choose_thresholds(gold, apply_temperatures(raw, temperatures))
-    offsets = {label: round(_logit(thresholds[label]) - _logit(best[label]), 4) for label in LABELS}
+    offsets = {label: round(float(logit(thresholds[label]) - logit(best[label])), 4) for label in LABELS}
     return {"temperatures": temperatures, "offsets": offsets}, best
 
 

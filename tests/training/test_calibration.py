@@ -8,8 +8,8 @@ from hengwen.model.encoding import EncodingConfig
 from hengwen.model.labels import LABELS
 from hengwen.serving.cli import main
 from hengwen.serving.runtime import Scorer, apply_temperatures
-from hengwen.training.calibration import (calibration_summary, expected_calibration_error, fit_temperatures,
-                                          fit_untimed_calibration, log_loss, reliability_table)
+from hengwen.training.calibration import (calibration_summary, dev_probabilities, expected_calibration_error,
+                                          fit_temperatures, fit_untimed_calibration, log_loss, reliability_table)
 from hengwen.training.dataset import read_annotated, without_timestamps
 from hengwen.training.metrics import choose_thresholds, multilabel_metrics
 
@@ -165,13 +165,9 @@ def test_untimed_offsets_move_the_best_untimed_threshold_onto_the_models():
 
 def _raw_scores(model_dir, conversations):
     """Uncalibrated probabilities per agent turn, and whether each turn carries a ts."""
-    scorer = Scorer(model_dir)
-    features, timed = [], []
-    for conversation in conversations:
-        targets, encoded = scorer.encoder.encode(conversation["turns"])
-        features += encoded
-        timed += [bool(conversation["turns"][t].get("ts")) for t in targets]
-    return scorer.predict_features(features, calibrated=False), np.array(timed)
+    _, raw = dev_probabilities(Scorer(model_dir), conversations)
+    timed = [bool(turn.get("ts")) for c in conversations for turn in c["turns"] if turn["role"] == "agent"]
+    return raw, np.array(timed)
 
 
 def test_scorer_applies_the_untimed_calibration_to_turns_without_ts_only(tiny_model_copy):
