@@ -205,7 +205,7 @@ def command_compare(args):
 
 def command_soup(args):
     from ..training.soup import make_soup
-    make_soup(args.runs, args.dev, args.out, recipe=args.recipe, test_file=args.test)
+    make_soup(args.runs, args.dev, args.out, recipe=args.recipe, test_file=args.test, max_length=args.max_length)
     return 0
 
 
@@ -386,6 +386,8 @@ def parser():
     soup.add_argument("--test", help="annotated JSONL to report once (metrics_test.json)")
     soup.add_argument("--recipe", choices=["greedy", "uniform"], default="greedy",
                       help="greedy: keep a run only if dev macro-F1 does not drop with it; uniform: average all")
+    soup.add_argument("--max-length", type=int,
+                      help="read text at this many tokens; the runs may then differ in encoding.max_length only")
     soup.set_defaults(handler=command_soup)
 
     export = commands.add_parser("export", help="write and check ONNX fp32 and int8 models")

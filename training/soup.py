@@ -9,8 +9,11 @@ their weight average often generalises better than each of them and costs nothin
 - uniform: the plain average of every ingredient.
 
 Every ingredient must read text the same way (same `hengwen_encoding`, labels and weight shapes); the soup keeps
-that encoding, gets thresholds chosen on dev like a trained run, and is exported and calibrated like one.
+that encoding, gets thresholds chosen on dev like a trained run, and is exported and calibrated like one. The one
+exception is `max_length` when the soup is given its own: runs trained on shorter and longer windows of the same
+layout share every weight (BERT's position table covers both), so they can be averaged and read at that length.
 """
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -33,14 +36,23 @@ def _config(run_dir):
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def check_compatible(run_dirs):
+def _shared(config, ignore_max_length):
+    shared = {key: config.get(key) for key in SHARED_SETTINGS}
+    if ignore_max_length:
+        shared["hengwen_encoding"] = {key: value for key, value in (shared["hengwen_encoding"] or {}).items()
+                                      if key != "max_length"}
+    return shared
+
+
+def check_compatible(run_dirs, ignore_max_length=False):
     """Refuse runs that cannot share one encoder and one head; returns the first run's config."""
     if len(run_dirs) < 2:
         raise ValueError("a soup needs at least two runs")
     first = _config(run_dirs[0])
+    first_shared = _shared(first, ignore_max_length)
     for run_dir in run_dirs[1:]:
-        other = _config(run_dir)
-        differing = [key for key in SHARED_SETTINGS if other.get(key) != first.get(key)]
+        other = _shared(_config(run_dir), ignore_max_length)
+        differing = [key for key in SHARED_SETTINGS if other[key] != first_shared[key]]
         if differing:
             raise ValueError(f"{run_dir} differs from {run_dirs[0]} in {', '.join(differing)}: "
                              "only runs that encode text alike and share labels and shapes can be averaged")
@@ -71,16 +83,19 @@ class _DevJudge:
         return evaluate(self.model, self.dev_set, self.pad_id)
 
 
-def make_soup(run_dirs, dev_file, output_dir, recipe="greedy", test_file=None, log=print):
+def make_soup(run_dirs, dev_file, output_dir, recipe="greedy", test_file=None, max_length=None, log=print):
     """Average run_dirs' weights by `recipe`, choose thresholds on dev_file, save a run folder in output_dir.
+    With `max_length`, the runs may differ in that encoding setting and the soup reads text at it.
     Returns the soup's description (what `soup.json` in output_dir holds)."""
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
     if recipe not in RECIPES:
         raise ValueError(f"unknown soup recipe {recipe!r} (one of {', '.join(RECIPES)})")
     run_dirs = [str(run_dir) for run_dir in run_dirs]
-    template = check_compatible(run_dirs)
+    template = check_compatible(run_dirs, ignore_max_length=max_length is not None)
     encoding = EncodingConfig.from_dict(template.get("hengwen_encoding", {}))
+    if max_length is not None:
+        encoding = dataclasses.replace(encoding, max_length=max_length)
     started = time.time()
     judge = _DevJudge(run_dirs[0], dev_file, encoding)
     states = {run_dir: load_file(str(Path(run_dir) / "model.safetensors")) for run_dir in run_dirs}
@@ -122,7 +137,7 @@ def make_soup(run_dirs, dev_file, output_dir, recipe="greedy", test_file=None, l
         test_set = load_turn_dataset(test_file, run_dirs[0], encoding)
         phases["test"], _ = evaluate(model, test_set, judge.pad_id, thresholds)
     write_phase_metrics(output_dir, phases)
-    description = {"recipe": recipe, "dev_file": str(dev_file), "dev_sha256": file_sha256(dev_file),
+    description = {"recipe": recipe, "max_length": encoding.max_length, "dev_file": str(dev_file), "dev_sha256": file_sha256(dev_file),
                    "ingredients": [{"run": run_dir, "dev_macro_f1": scores[run_dir], "kept": run_dir in kept}
                                    for run_dir in ranked],
                    "greedy_trace": trace, "dev_macro_f1": metrics["turn"]["macro_f1"],

@@ -73,3 +73,24 @@ def test_soup_refuses_runs_that_encode_text_differently(tiny_model, tmp_path):
         make_soup([tiny_model], TINY_DATA, tmp_path / "soup", log=lambda *_: None)
     with pytest.raises(ValueError, match="recipe"):
         make_soup([tiny_model, tiny_model], TINY_DATA, tmp_path / "soup", recipe="best", log=lambda *_: None)
+
+
+def test_soup_of_runs_trained_at_two_lengths_reads_text_at_the_length_it_is_given(tiny_model, tmp_path):
+    longer = tmp_path / "longer"
+    shutil.copytree(tiny_model, longer)
+    config = json.loads((longer / "config.json").read_text())
+    trained_length = config["hengwen_encoding"]["max_length"]
+    config["hengwen_encoding"]["max_length"] = trained_length + 32
+    (longer / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="hengwen_encoding"):
+        make_soup([tiny_model, longer], TINY_DATA, tmp_path / "refused", log=lambda *_: None)
+    out = tmp_path / "soup"
+    description = make_soup([tiny_model, longer], TINY_DATA, out, recipe="uniform", max_length=trained_length + 32,
+                            log=lambda *_: None)
+    assert description["max_length"] == trained_length + 32
+    assert json.loads((out / "config.json").read_text())["hengwen_encoding"]["max_length"] == trained_length + 32
+    config["hengwen_encoding"]["gap_markers"] = not config["hengwen_encoding"].get("gap_markers", True)
+    (longer / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="hengwen_encoding"):
+        make_soup([tiny_model, longer], TINY_DATA, tmp_path / "still-refused", max_length=trained_length,
+                  log=lambda *_: None)
