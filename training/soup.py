@@ -137,7 +137,8 @@ def make_soup(run_dirs, dev_file, output_dir, recipe="greedy", test_file=None, m
         test_set = load_turn_dataset(test_file, run_dirs[0], encoding)
         phases["test"], _ = evaluate(model, test_set, judge.pad_id, thresholds)
     write_phase_metrics(output_dir, phases)
-    description = {"recipe": recipe, "max_length": encoding.max_length, "dev_file": str(dev_file), "dev_sha256": file_sha256(dev_file),
+    description = {"recipe": recipe, "max_length": encoding.max_length, "dev_file": str(dev_file),
+                   "dev_sha256": file_sha256(dev_file),
                    "ingredients": [{"run": run_dir, "dev_macro_f1": scores[run_dir], "kept": run_dir in kept}
                                    for run_dir in ranked],
                    "greedy_trace": trace, "dev_macro_f1": metrics["turn"]["macro_f1"],
@@ -154,6 +155,8 @@ def _write_run_info(output_dir, kept, description, phases):
     pointed at the soup's folder and with the soup's description, and a card that names the ingredients."""
     info = json.loads((Path(kept[0]) / "run_info.json").read_text(encoding="utf-8"))
     info["config"]["train"]["output_dir"] = str(output_dir)
+    # The first ingredient may have been trained at another length than the soup reads (`--max-length`).
+    info["config"]["encoding"]["max_length"] = description["max_length"]
     if phases.get("test") is None:
         info["config"]["data"]["test_file"] = ""
     info["soup"] = description

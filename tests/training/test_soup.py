@@ -89,6 +89,7 @@ def test_soup_of_runs_trained_at_two_lengths_reads_text_at_the_length_it_is_give
                             log=lambda *_: None)
     assert description["max_length"] == trained_length + 32
     assert json.loads((out / "config.json").read_text())["hengwen_encoding"]["max_length"] == trained_length + 32
+    assert json.loads((out / "run_info.json").read_text())["config"]["encoding"]["max_length"] == trained_length + 32
     config["hengwen_encoding"]["gap_markers"] = not config["hengwen_encoding"].get("gap_markers", True)
     (longer / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="hengwen_encoding"):
