@@ -26,6 +26,8 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from bench_score import cpu_model
+
 RESULTS = Path(__file__).resolve().parent / "results"
 CHINA = timezone(timedelta(hours=8))
 
@@ -268,13 +270,6 @@ def markdown(results):
               f"{stop['labels_equal_to_one_worker_run']}, largest score difference "
               f"{stop['max_abs_score_difference_to_one_worker_run']:.4f}.", ""]
     return "\n".join(lines)
-
-
-def cpu_model():
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith("Model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def package_version(name):
