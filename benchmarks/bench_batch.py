@@ -26,7 +26,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from bench_score import cpu_model
+from machine import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHINA = timezone(timedelta(hours=8))

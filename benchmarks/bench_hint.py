@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_score import cpu_model
+from machine import cpu_model
 
 ENGINES = (("torch", "torch", "auto"), ("onnx-fp32", "onnx", "fp32"), ("onnx-int8", "onnx", "int8"))
 CONTEXT = [

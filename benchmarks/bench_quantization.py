@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_score import cpu_model
+from machine import cpu_model
 
 from hengwen.model.export import QUANTIZATION_RECIPES, quantize
 from hengwen.model.labels import LABELS

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_score import cpu_model
+from machine import cpu_model
 
 CHILD = """
 import json, resource, sys, time
