@@ -31,6 +31,11 @@ class DataArguments:
     """Train on every timestamped conversation of every training file twice: as written and with all timestamps
     removed. Unlike `untimed_share`, no example loses its reply-gap markers; each is also seen without them, so a
     label the text shows must be learned from the text."""
+    label_revision_files: list = field(default_factory=list)
+    """Stand-off label files (`{"id", "turn", "labels"}` per line, as `data attach-labels` reads) whose labels
+    replace the annotated ones of those agent turns in the training files (`train_file`, `extra_train_files`),
+    never in dev or test: a later review of the training labels, kept apart so that earlier configs still train on
+    the labels they were run with. A line that names no agent turn of a training file stops the run."""
 
 
 @dataclass

@@ -90,13 +90,53 @@ def timing_variants(conversation, untimed_share=0.0, untimed_copies=False):
     return variants
 
 
-def _turn_examples(path, tokenizer_dir, encoding, digest, untimed_share, untimed_copies, share):
+def label_revisions(revision_paths, training_paths):
+    """The stand-off revisions of `revision_paths` split by the training file they apply to: {path: [[conversation
+    id, turn, labels], ...]} (lists, so that they can be part of a dataset's cache key). Every revision line must
+    name an agent turn of exactly one training file; otherwise ValueError lists each that does not."""
+    from ..data.standoff import read_standoff
+    revisions, problems = {}, []
+    for path in revision_paths:
+        labels, file_problems = read_standoff(path)
+        problems += file_problems
+        for key, turn_labels in labels.items():
+            if key in revisions and revisions[key] != turn_labels:
+                problems.append(f"{path}: turn {key[1]} of {key[0]} is revised differently by an earlier file")
+            revisions[key] = turn_labels
+    by_file, applied = {str(path): [] for path in training_paths}, set()
+    for path in training_paths:
+        for conversation in read_annotated(path):
+            for index, turn in enumerate(conversation["turns"]):
+                key = (str(conversation["id"]), index)
+                if key in revisions and turn["role"] == "agent":
+                    by_file[str(path)].append([key[0], index, revisions[key]])
+                    applied.add(key)
+    problems += [f"turn {index} of {conversation_id} is revised but is no agent turn of a training file"
+                 for conversation_id, index in sorted(set(revisions) - applied)]
+    if problems:
+        raise ValueError("label revisions do not fit the training files:\n" + "\n".join(problems))
+    return by_file
+
+
+def revised(conversation, revisions):
+    """The conversation with the labels of its revised turns replaced ({(id, turn): labels})."""
+    conversation_id = str(conversation["id"])
+    if not any((conversation_id, index) in revisions for index in range(len(conversation["turns"]))):
+        return conversation
+    return {**conversation, "turns": [
+        {**turn, "labels": revisions[(conversation_id, index)]} if (conversation_id, index) in revisions else turn
+        for index, turn in enumerate(conversation["turns"])]}
+
+
+def _turn_examples(path, tokenizer_dir, encoding, digest, untimed_share, untimed_copies, share, revisions):
     from transformers import AutoTokenizer
     del digest  # only part of the cache key, so that an edited file is encoded again
     encoder = TurnEncoder(AutoTokenizer.from_pretrained(tokenizer_dir), EncodingConfig.from_dict(encoding))
+    revisions = {(conversation_id, turn): labels for conversation_id, turn, labels in revisions}
     for conversation_number, original in enumerate(read_annotated(path)):
         if not in_share(original, share):
             continue
+        original = revised(original, revisions)
         for conversation in timing_variants(original, untimed_share, untimed_copies):
             targets, features = encoder.encode(conversation["turns"])
             for target, feature in zip(targets, features):
@@ -107,12 +147,14 @@ def _turn_examples(path, tokenizer_dir, encoding, digest, untimed_share, untimed
 
 
 def load_turn_dataset(path, tokenizer_dir, encoding: EncodingConfig, untimed_share=0.0, untimed_copies=False,
-                      share=1.0):
+                      share=1.0, revisions=()):
+    """One encoded example per agent turn of `path`; `revisions` ([[id, turn, labels], ...], from
+    `label_revisions`) replace the labels of those turns."""
     from datasets import Dataset
     return Dataset.from_generator(_turn_examples, gen_kwargs={
         "path": str(Path(path).resolve()), "tokenizer_dir": str(tokenizer_dir),
         "encoding": encoding.to_dict(), "digest": file_sha256(path), "untimed_share": untimed_share,
-        "untimed_copies": untimed_copies, "share": share})
+        "untimed_copies": untimed_copies, "share": share, "revisions": list(revisions)})
 
 
 def gold_matrix(dataset):

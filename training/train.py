@@ -13,7 +13,7 @@ from ..model.labels import LABELS
 from ..serving.runtime import pad_batch
 from .args import TrainingConfig
 from .card import write_model_card
-from .dataset import data_file_hashes, gold_matrix, load_turn_dataset
+from .dataset import data_file_hashes, gold_matrix, label_revisions, load_turn_dataset
 from .metrics import choose_thresholds, conversation_level, multilabel_metrics
 
 
@@ -141,13 +141,16 @@ def train(config: TrainingConfig, log=print):
     # hashed before reading, so that a data file edited while the run trains is not recorded as what it learned
     data_sha256 = data_file_hashes(config.data)
     copies = config.data.untimed_copies
+    revisions = label_revisions(config.data.label_revision_files,
+                                [config.data.train_file] + config.data.extra_train_files)
     train_set = load_turn_dataset(config.data.train_file, tokenizer_dir, config.encoding,
                                   untimed_share=config.data.untimed_share, untimed_copies=copies,
-                                  share=config.data.train_share)
+                                  share=config.data.train_share, revisions=revisions[str(config.data.train_file)])
     if config.data.extra_train_files:
         from datasets import concatenate_datasets
         train_set = concatenate_datasets([train_set] + [
-            load_turn_dataset(path, tokenizer_dir, config.encoding, untimed_copies=copies)
+            load_turn_dataset(path, tokenizer_dir, config.encoding, untimed_copies=copies,
+                              revisions=revisions[str(path)])
             for path in config.data.extra_train_files])
     if args.max_train_examples:
         train_set = train_set.shuffle(seed=args.seed).select(range(min(args.max_train_examples, len(train_set))))

@@ -1,9 +1,11 @@
 import json
 
+import pytest
+
 from hengwen.model.encoding import EncodingConfig
 from hengwen.training.args import DataArguments
-from hengwen.training.dataset import (data_file_hashes, data_files, in_share, load_turn_dataset, timing_variants,
-                                      without_timestamps)
+from hengwen.training.dataset import (data_file_hashes, data_files, in_share, label_revisions, load_turn_dataset,
+                                      timing_variants, without_timestamps)
 
 from ..conftest import TINY_DATA
 
@@ -85,3 +87,32 @@ def test_data_files_names_each_file_and_no_setting():
                          extra_train_files=["c.jsonl", "d.jsonl"], untimed_share=0.5, untimed_copies=True)
     assert data_files(data) == {"train_file": "a.jsonl", "dev_file": "b.jsonl",
                                 "extra_train_files[0]": "c.jsonl", "extra_train_files[1]": "d.jsonl"}
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def test_label_revisions_replace_the_labels_of_named_training_turns_only(tmp_path, tiny_base):
+    train = _write_jsonl(tmp_path / "train.jsonl", [_conversation("c1"), _conversation("c2")])
+    extra = _write_jsonl(tmp_path / "extra.jsonl", [_conversation("c3")])
+    review = _write_jsonl(tmp_path / "review_standoff.jsonl", [
+        {"id": "c2", "turn": 1, "labels": ["cold-follow-up"]}, {"id": "c3", "turn": 1, "labels": ["perfunctory"]}])
+    revisions = label_revisions([review], [train, extra])
+    assert revisions == {str(train): [["c2", 1, ["cold-follow-up"]]], str(extra): [["c3", 1, ["perfunctory"]]]}
+    dataset = load_turn_dataset(train, tiny_base, EncodingConfig(), revisions=revisions[str(train)])
+    assert dataset["conversation_id"] == ["c1", "c2"]
+    assert dataset["labels"] == [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+    assert load_turn_dataset(train, tiny_base, EncodingConfig())["labels"][1] == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_a_revision_that_names_no_training_agent_turn_is_refused(tmp_path):
+    train = _write_jsonl(tmp_path / "train.jsonl", [_conversation("c1")])
+    review = _write_jsonl(tmp_path / "review_standoff.jsonl", [
+        {"id": "c1", "turn": 0, "labels": []}, {"id": "c9", "turn": 1, "labels": []},
+        {"id": "c1", "turn": 1, "labels": ["nonsense"]}])
+    with pytest.raises(ValueError) as error:
+        label_revisions([review], [train])
+    message = str(error.value)
+    assert "turn 0 of c1" in message and "turn 1 of c9" in message and "nonsense" in message
