@@ -92,7 +92,7 @@ def timing_variants(conversation, untimed_share=0.0, untimed_copies=False):
 
 def label_revisions(revision_paths, training_paths):
     """The stand-off revisions of `revision_paths` split by the training file they apply to: {path: [[conversation
-    id, turn, labels], ...]} (lists, so that they can be part of a dataset's cache key). Every revision line must
+    id, turn, labels], ...]}, JSON-serialisable so that they can be part of a dataset's cache key. Every revision line must
     name an agent turn of exactly one training file; otherwise ValueError lists each that does not."""
     from ..data.standoff import read_standoff
     revisions, problems = {}, []
@@ -132,7 +132,7 @@ def _turn_examples(path, tokenizer_dir, encoding, digest, untimed_share, untimed
     from transformers import AutoTokenizer
     del digest  # only part of the cache key, so that an edited file is encoded again
     encoder = TurnEncoder(AutoTokenizer.from_pretrained(tokenizer_dir), EncodingConfig.from_dict(encoding))
-    revisions = {(conversation_id, turn): labels for conversation_id, turn, labels in revisions}
+    revisions = {(conversation_id, turn): labels for conversation_id, turn, labels in json.loads(revisions)}
     for conversation_number, original in enumerate(read_annotated(path)):
         if not in_share(original, share):
             continue
@@ -154,7 +154,8 @@ def load_turn_dataset(path, tokenizer_dir, encoding: EncodingConfig, untimed_sha
     return Dataset.from_generator(_turn_examples, gen_kwargs={
         "path": str(Path(path).resolve()), "tokenizer_dir": str(tokenizer_dir),
         "encoding": encoding.to_dict(), "digest": file_sha256(path), "untimed_share": untimed_share,
-        "untimed_copies": untimed_copies, "share": share, "revisions": list(revisions)})
+        # a string, not a list: `datasets` splits list-valued generator arguments into shards
+        "untimed_copies": untimed_copies, "share": share, "revisions": json.dumps(list(revisions))})
 
 
 def gold_matrix(dataset):

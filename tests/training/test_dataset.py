@@ -95,15 +95,17 @@ def _write_jsonl(path, rows):
 
 
 def test_label_revisions_replace_the_labels_of_named_training_turns_only(tmp_path, tiny_base):
-    train = _write_jsonl(tmp_path / "train.jsonl", [_conversation("c1"), _conversation("c2")])
+    train = _write_jsonl(tmp_path / "train.jsonl", [_conversation("c1"), _conversation("c2"), _conversation("c4")])
     extra = _write_jsonl(tmp_path / "extra.jsonl", [_conversation("c3")])
     review = _write_jsonl(tmp_path / "review_standoff.jsonl", [
-        {"id": "c2", "turn": 1, "labels": ["cold-follow-up"]}, {"id": "c3", "turn": 1, "labels": ["perfunctory"]}])
+        {"id": "c2", "turn": 1, "labels": ["cold-follow-up"]}, {"id": "c3", "turn": 1, "labels": ["perfunctory"]},
+        {"id": "c4", "turn": 1, "labels": ["overbearing"]}])
     revisions = label_revisions([review], [train, extra])
-    assert revisions == {str(train): [["c2", 1, ["cold-follow-up"]]], str(extra): [["c3", 1, ["perfunctory"]]]}
+    assert revisions == {str(train): [["c2", 1, ["cold-follow-up"]], ["c4", 1, ["overbearing"]]],
+                         str(extra): [["c3", 1, ["perfunctory"]]]}
     dataset = load_turn_dataset(train, tiny_base, EncodingConfig(), revisions=revisions[str(train)])
-    assert dataset["conversation_id"] == ["c1", "c2"]
-    assert dataset["labels"] == [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+    assert dataset["conversation_id"] == ["c1", "c2", "c4"]  # each turn once, however many revisions
+    assert dataset["labels"] == [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0]]
     assert load_turn_dataset(train, tiny_base, EncodingConfig())["labels"][1] == [0.0, 0.0, 0.0, 0.0]
 
 
