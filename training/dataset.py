@@ -92,8 +92,8 @@ def timing_variants(conversation, untimed_share=0.0, untimed_copies=False):
 
 def label_revisions(revision_paths, training_paths):
     """The stand-off revisions of `revision_paths` split by the training file they apply to: {path: [[conversation
-    id, turn, labels], ...]}, JSON-serialisable so that they can be part of a dataset's cache key. Every revision line must
-    name an agent turn of exactly one training file; otherwise ValueError lists each that does not."""
+    id, turn, labels], ...]}, JSON-serialisable so that they can be part of a dataset's cache key. Every revision
+    line must name an agent turn of a training file; otherwise ValueError lists each line that does not."""
     from ..data.standoff import read_standoff
     revisions, problems = {}, []
     for path in revision_paths:
