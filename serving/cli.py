@@ -247,6 +247,24 @@ def command_data(args):
                                      encoding="utf-8")
         print(f"{len(annotated)} conversations, {len(labels)} labelled agent turns -> {args.output}", file=sys.stderr)
         return 0
+    if args.data_command == "revise-labels":
+        from ..training.dataset import label_revisions, read_annotated, revised
+        try:
+            revisions = label_revisions(args.revisions, [args.gold])[str(args.gold)]
+        except ValueError as error:
+            print(f"{error}\nnothing written", file=sys.stderr)
+            return 1
+        by_turn = {(conversation_id, turn): labels for conversation_id, turn, labels in revisions}
+        conversations = read_annotated(args.gold)
+        changed = sum(set(by_turn[(str(conversation["id"]), index)]) != set(turn["labels"])
+                      for conversation in conversations for index, turn in enumerate(conversation["turns"])
+                      if (str(conversation["id"]), index) in by_turn)
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text("".join(json.dumps(revised(conversation, by_turn), ensure_ascii=False) + "\n"
+                                             for conversation in conversations), encoding="utf-8")
+        print(f"{len(by_turn)} turns revised, {changed} with other labels than annotated -> {args.output}",
+              file=sys.stderr)
+        return 0
     if args.data_command == "agreement":
         from ..data.agreement import agreement
         result = agreement(args.first, args.second)
@@ -439,6 +457,13 @@ def parser():
     attach.add_argument("--input-format", choices=["jsonl", "csv", "xlsx"], help="override the export's extension")
     attach.add_argument("--columns", metavar="FIELD=COLUMN,...", help="CSV/Excel column names, as for `score`")
     attach.add_argument("--timezone", metavar="OFFSET", help="UTC offset for table timestamps, as for `score`")
+    revise = data_commands.add_parser("revise-labels", help="an annotated file with stand-off label revisions "
+                                                            "applied (a review's labels, the annotated file unchanged)")
+    revise.add_argument("gold", metavar="GOLD", help="annotated JSONL")
+    revise.add_argument("revisions", metavar="REVISIONS", nargs="+",
+                        help='stand-off JSONL, {"id", "turn", "labels"} per revised agent turn; lines that name '
+                             "no agent turn of GOLD are refused")
+    revise.add_argument("-o", "--output", required=True, help="annotated JSONL to write")
     data.set_defaults(handler=command_data)
 
     from ..training.robustness import CHECKS

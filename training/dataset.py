@@ -90,10 +90,11 @@ def timing_variants(conversation, untimed_share=0.0, untimed_copies=False):
     return variants
 
 
-def label_revisions(revision_paths, training_paths):
-    """The stand-off revisions of `revision_paths` split by the training file they apply to: {path: [[conversation
-    id, turn, labels], ...]}, JSON-serialisable so that they can be part of a dataset's cache key. Every revision
-    line must name an agent turn of a training file; otherwise ValueError lists each line that does not."""
+def label_revisions(revision_paths, annotated_paths):
+    """The stand-off revisions of `revision_paths` split by the annotated file they apply to (a run's training files,
+    or one evaluation file): {path: [[conversation id, turn, labels], ...]}, JSON-serialisable so that they can be
+    part of a dataset's cache key. Every revision line must name an agent turn of one of `annotated_paths`;
+    otherwise ValueError lists each line that does not."""
     from ..data.standoff import read_standoff
     revisions, problems = {}, []
     for path in revision_paths:
@@ -103,18 +104,18 @@ def label_revisions(revision_paths, training_paths):
             if key in revisions and revisions[key] != turn_labels:
                 problems.append(f"{path}: turn {key[1]} of {key[0]} is revised differently by an earlier file")
             revisions[key] = turn_labels
-    by_file, applied = {str(path): [] for path in training_paths}, set()
-    for path in training_paths:
+    by_file, applied = {str(path): [] for path in annotated_paths}, set()
+    for path in annotated_paths:
         for conversation in read_annotated(path):
             for index, turn in enumerate(conversation["turns"]):
                 key = (str(conversation["id"]), index)
                 if key in revisions and turn["role"] == "agent":
                     by_file[str(path)].append([key[0], index, revisions[key]])
                     applied.add(key)
-    problems += [f"turn {index} of {conversation_id} is revised but is no agent turn of a training file"
+    problems += [f"turn {index} of {conversation_id} is revised but is no agent turn of the annotated files"
                  for conversation_id, index in sorted(set(revisions) - applied)]
     if problems:
-        raise ValueError("label revisions do not fit the training files:\n" + "\n".join(problems))
+        raise ValueError("label revisions do not fit the annotated files:\n" + "\n".join(problems))
     return by_file
 
 

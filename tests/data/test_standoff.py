@@ -59,3 +59,20 @@ def test_command_writes_a_valid_annotated_file_or_nothing(tmp_path, capsys):
     refused = tmp_path / "refused.jsonl"
     assert main(["data", "attach-labels", str(export), str(bad), "-o", str(refused)]) == 1
     assert not refused.exists() and "agent turn 3 has no label line" in capsys.readouterr().err
+
+
+def test_revise_labels_writes_the_reviewed_labels_and_refuses_a_revision_of_no_agent_turn(tmp_path, capsys):
+    gold = write_jsonl(tmp_path / "gold.jsonl", [
+        {"id": "a", "turns": [{**turn, "labels": ["perfunctory"]} if turn["role"] == "agent" else turn
+                              for turn in EXPORT[0]["turns"]]}])
+    annotated_text = gold.read_text(encoding="utf-8")
+    review = write_jsonl(tmp_path / "review.jsonl", [{"id": "a", "turn": 3, "labels": ["cold-follow-up"]}])
+    output = tmp_path / "reviewed.jsonl"
+    assert main(["data", "revise-labels", str(gold), str(review), "-o", str(output)]) == 0
+    [record] = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    assert [turn.get("labels") for turn in record["turns"]] == [None, ["perfunctory"], None, ["cold-follow-up"]]
+    assert gold.read_text(encoding="utf-8") == annotated_text and validate_file(output, annotated=True) == []
+    stray = write_jsonl(tmp_path / "stray.jsonl", [{"id": "a", "turn": 2, "labels": []}])
+    refused = tmp_path / "refused.jsonl"
+    assert main(["data", "revise-labels", str(gold), str(stray), "-o", str(refused)]) == 1
+    assert not refused.exists() and "turn 2 of a is revised but is no agent turn" in capsys.readouterr().err
