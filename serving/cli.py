@@ -262,8 +262,7 @@ def command_data(args):
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text("".join(json.dumps(revised(conversation, by_turn), ensure_ascii=False) + "\n"
                                              for conversation in conversations), encoding="utf-8")
-        print(f"{len(by_turn)} turns revised, {changed} with other labels than annotated -> {args.output}",
-              file=sys.stderr)
+        print(f"{len(by_turn)} reviewed turns, {changed} relabelled -> {args.output}", file=sys.stderr)
         return 0
     if args.data_command == "agreement":
         from ..data.agreement import agreement
