@@ -256,12 +256,13 @@ def command_data(args):
             return 1
         by_turn = {(conversation_id, turn): labels for conversation_id, turn, labels in revisions}
         conversations = read_annotated(args.gold)
-        changed = sum(set(by_turn[(str(conversation["id"]), index)]) != set(turn["labels"])
-                      for conversation in conversations for index, turn in enumerate(conversation["turns"])
-                      if (str(conversation["id"]), index) in by_turn)
+        reviewed = [revised(conversation, by_turn) for conversation in conversations]
+        changed = sum(set(before.get("labels", ())) != set(after.get("labels", ()))
+                      for conversation, revision in zip(conversations, reviewed)
+                      for before, after in zip(conversation["turns"], revision["turns"]))
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text("".join(json.dumps(revised(conversation, by_turn), ensure_ascii=False) + "\n"
-                                             for conversation in conversations), encoding="utf-8")
+        Path(args.output).write_text("".join(json.dumps(conversation, ensure_ascii=False) + "\n"
+                                             for conversation in reviewed), encoding="utf-8")
         print(f"{len(by_turn)} reviewed turns, {changed} relabelled -> {args.output}", file=sys.stderr)
         return 0
     if args.data_command == "agreement":

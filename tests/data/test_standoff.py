@@ -69,6 +69,7 @@ def test_revise_labels_writes_the_reviewed_labels_and_refuses_a_revision_of_no_a
     review = write_jsonl(tmp_path / "review.jsonl", [{"id": "a", "turn": 3, "labels": ["cold-follow-up"]}])
     output = tmp_path / "reviewed.jsonl"
     assert main(["data", "revise-labels", str(gold), str(review), "-o", str(output)]) == 0
+    assert "1 reviewed turns, 1 relabelled" in capsys.readouterr().err
     [record] = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
     assert [turn.get("labels") for turn in record["turns"]] == [None, ["perfunctory"], None, ["cold-follow-up"]]
     assert gold.read_text(encoding="utf-8") == annotated_text and validate_file(output, annotated=True) == []
