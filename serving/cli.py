@@ -209,6 +209,12 @@ def command_soup(args):
     return 0
 
 
+def command_refit_head(args):
+    from ..training.head import refit_head
+    refit_head(args.model_dir, args.train, args.dev, args.out, c_grid=args.c, untimed_copies=args.untimed_copies)
+    return 0
+
+
 def command_data(args):
     from ..data.stats import corpus_stats, format_stats, validate_file
     if args.data_command == "validate":
@@ -407,6 +413,18 @@ def parser():
     soup.add_argument("--max-length", type=int,
                       help="read text at this many tokens; the runs may then differ in encoding.max_length only")
     soup.set_defaults(handler=command_soup)
+
+    refit = commands.add_parser("refit-head", help="fit a run's classification layer again on its frozen features "
+                                                   "(one logistic regression per label, C chosen on dev)")
+    refit.add_argument("model_dir", help="a training run or soup folder (needs run_info.json)")
+    refit.add_argument("--train", nargs="+", required=True, metavar="FILE", help="annotated JSONL to fit on")
+    refit.add_argument("--dev", required=True, help="annotated JSONL that chooses C and the thresholds")
+    refit.add_argument("--out", required=True, help="folder for the model with the new head (a run folder: export it next)")
+    refit.add_argument("--c", type=float, nargs="+", default=[0.003, 0.01, 0.03, 0.1], metavar="C",
+                       help="inverse L2 regularization strengths to try")
+    refit.add_argument("--untimed-copies", action="store_true",
+                       help="also fit on a copy without timestamps of every timestamped conversation, as training does")
+    refit.set_defaults(handler=command_refit_head)
 
     export = commands.add_parser("export", help="write and check ONNX fp32 and int8 models")
     export.add_argument("model_dir")

@@ -1,4 +1,5 @@
 """The model card (README.md) written into every saved model folder."""
+import json
 from pathlib import Path
 
 from ..model.labels import LABELS
@@ -66,6 +67,25 @@ annotated real sessions than on its written test split. Measure a model on a lab
 person to review, not to judge agents automatically.
 """
     (Path(output_dir) / "README.md").write_text(text, encoding="utf-8")
+
+
+def write_derived_card(source_dir, output_dir, key, description, phases, section, max_length=None):
+    """run_info.json and card for a model made from trained runs without training them further (a soup, a head
+    fitted again): `source_dir`'s run_info (data files, base, machine), pointed at `output_dir`, with `description`
+    under `key`, and its card with `section` before the metrics."""
+    info = json.loads((Path(source_dir) / "run_info.json").read_text(encoding="utf-8"))
+    info["config"]["train"]["output_dir"] = str(output_dir)
+    if max_length is not None:
+        info["config"]["encoding"]["max_length"] = max_length
+    if phases.get("test") is None:
+        info["config"]["data"]["test_file"] = ""
+    info[key] = description
+    (Path(output_dir) / "run_info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_model_card(output_dir, info, phases)
+    card = Path(output_dir) / "README.md"
+    text = card.read_text(encoding="utf-8")
+    position = text.find("## Metrics")
+    card.write_text(text[:position] + section + text[position:], encoding="utf-8")
 
 
 CALIBRATION_HEADING = "## Calibration"

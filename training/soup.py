@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..model.classifier import set_hengwen_settings
 from ..model.encoding import EncodingConfig
-from .card import write_model_card
+from .card import write_derived_card
 from .dataset import file_sha256, load_turn_dataset
 from .train import evaluate, write_phase_metrics
 
@@ -144,30 +144,12 @@ def make_soup(run_dirs, dev_file, output_dir, recipe="greedy", test_file=None, m
                    "greedy_trace": trace, "dev_macro_f1": metrics["turn"]["macro_f1"],
                    "seconds": round(time.time() - started)}
     (output_dir / "soup.json").write_text(json.dumps(description, indent=2, ensure_ascii=False), encoding="utf-8")
-    _write_run_info(output_dir, kept, description, phases)
+    ingredients = "\n".join(f"- `{item['run']}` (dev macro-F1 {item['dev_macro_f1']:.3f})"
+                            f"{'' if item['kept'] else ': tried, left out'}" for item in description["ingredients"])
+    section = (f"## Weight average\nThis model is the {recipe} average (`hengwen soup`) of the weights of these "
+               f"runs, chosen on `{dev_file}`; the Training section describes the first of them.\n\n{ingredients}\n\n")
+    # The first ingredient may have been trained at another length than the soup reads (`--max-length`).
+    write_derived_card(kept[0], output_dir, "soup", description, phases, section, max_length=encoding.max_length)
     log(f"saved {output_dir}: {len(kept)} of {len(run_dirs)} runs averaged, dev macro-F1 "
         f"{metrics['turn']['macro_f1']:.4f}")
     return description
-
-
-def _write_run_info(output_dir, kept, description, phases):
-    """The best ingredient's run_info (what `hengwen export` and the model card read: data files, base, machine),
-    pointed at the soup's folder and with the soup's description, and a card that names the ingredients."""
-    info = json.loads((Path(kept[0]) / "run_info.json").read_text(encoding="utf-8"))
-    info["config"]["train"]["output_dir"] = str(output_dir)
-    # The first ingredient may have been trained at another length than the soup reads (`--max-length`).
-    info["config"]["encoding"]["max_length"] = description["max_length"]
-    if phases.get("test") is None:
-        info["config"]["data"]["test_file"] = ""
-    info["soup"] = description
-    (output_dir / "run_info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")
-    write_model_card(output_dir, info, phases)
-    card = output_dir / "README.md"
-    ingredients = "\n".join(f"- `{item['run']}` (dev macro-F1 {item['dev_macro_f1']:.3f})"
-                            f"{'' if item['kept'] else ': tried, left out'}" for item in description["ingredients"])
-    section = (f"## Weight average\nThis model is the {description['recipe']} average (`hengwen soup`) of the weights "
-               f"of these runs, chosen on `{description['dev_file']}`; the Training section describes the first "
-               f"of them.\n\n{ingredients}\n\n")
-    text = card.read_text(encoding="utf-8")
-    position = text.find("## Metrics")
-    card.write_text(text[:position] + section + text[position:], encoding="utf-8")
