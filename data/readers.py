@@ -4,12 +4,16 @@ Every item is either a record to score or the reason it cannot be read, so that 
 one output record per input conversation. Long-form tables hold one row a message; rows of one conversation
 must be contiguous, and conversation-level columns (agent, team, channel, date) become the record's `meta`.
 """
+import codecs
 import csv
 import json
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator, Optional
+
+from ..model.labels import ROLES
+from .schema import printable_id
 
 # Header names common exports use for each field; the first match wins.
 CSV_COLUMN_NAMES = {
@@ -97,19 +101,37 @@ def read_conversations(path, input_format=None, columns=None, default_timezone=N
         yield from _read_xlsx(path, columns, default_timezone)
 
 
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _read_jsonl(path):
-    with Path(path).open(encoding="utf-8", errors="replace") as handle:
-        for line_number, line in enumerate(handle, 1):
+    with Path(path).open("rb") as handle:
+        for line_number, raw in enumerate(handle, 1):
+            if line_number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield ReadItem(line_number, error=f"line is not UTF-8 (byte {error.start + 1}); convert the file "
+                                                  "to UTF-8 first, e.g. `iconv -f GBK -t UTF-8` for a GBK export")
+                continue
+            line = line.rstrip("\r\n")
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line, parse_constant=_refuse_constant)
             except json.JSONDecodeError as error:
                 yield ReadItem(line_number, error=f"bad JSON: {error.msg} at column {error.colno}")
                 continue
+            except ValueError as error:  # a number too long to convert, NaN or Infinity
+                yield ReadItem(line_number, error=f"bad JSON: {error}")
+                continue
+            except RecursionError:
+                yield ReadItem(line_number, error="bad JSON: nested too deeply")
+                continue
             conversation_id = record.get("id") if isinstance(record, dict) else None
-            yield ReadItem(line_number, record=record,
-                           conversation_id=None if conversation_id is None else str(conversation_id))
+            yield ReadItem(line_number, record=record, conversation_id=printable_id(conversation_id))
 
 
 def _resolve_columns(header, mapping=None):
@@ -166,17 +188,45 @@ def _timestamp(value, default_timezone):
     return stamp.isoformat()
 
 
+def _require_utf8(path):
+    """Refuse a file that is not UTF-8 before any of it is read, naming the first bad byte: decoding it with
+    replacement characters would score garbled text without a word."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path} is not UTF-8 (byte {offset + error.start + 1}); convert it first, e.g. "
+                                 "`iconv -f GBK -t UTF-8` for a GBK export") from None
+            offset += len(block)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 (it ends inside a character)") from None
+
+
 def _read_csv(path, mapping=None, default_timezone=None):
-    with Path(path).open(encoding="utf-8-sig", errors="replace", newline="") as handle:
+    _require_utf8(path)
+    # The csv module's default cell limit (131,072 characters) is below what one long call transcript can hold.
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
+    with Path(path).open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
         columns = _resolve_columns(reader.fieldnames or [], mapping)
         yield from _group_rows(((reader.line_num, row) for row in reader), columns, default_timezone)
 
 
 def _read_xlsx(path, mapping=None, default_timezone=None):
+    from zipfile import BadZipFile
+
     from openpyxl import load_workbook
-    # read_only streams the sheet's XML instead of building every cell in memory.
-    workbook = load_workbook(path, read_only=True, data_only=True)
+    from openpyxl.utils.exceptions import InvalidFileException
+    try:
+        # read_only streams the sheet's XML instead of building every cell in memory.
+        workbook = load_workbook(path, read_only=True, data_only=True)
+    except (BadZipFile, InvalidFileException) as error:
+        raise ValueError(f"{path} is not an Excel .xlsx workbook ({error})") from None
     try:
         rows = enumerate(workbook.active.iter_rows(values_only=True), 1)
         header = next((values for _, values in rows if any(v is not None for v in values)), None)
@@ -192,15 +242,21 @@ def _read_xlsx(path, mapping=None, default_timezone=None):
 def _group_rows(rows, columns, default_timezone=None):
     """Contiguous (line number, {column: cell}) rows with one conversation id -> one ReadItem each."""
     meta_columns = {field: column for field, column in columns.items() if field not in TURN_FIELDS}
-    current, seen = None, set()
+    current, seen, idless = None, set(), []
     for line_number, row in rows:
         conversation_id = _cell_text(row.get(columns["id"]))
         if not conversation_id:
-            yield ReadItem(line_number, error="row without a conversation id")
+            # Held until the conversation open above it is complete, so that output stays in input order.
+            idless.append(ReadItem(line_number, error="row without a conversation id"))
+            if current is None:
+                yield from idless
+                idless.clear()
             continue
         if current is None or conversation_id != current.conversation_id:
             if current is not None:
                 yield current
+                yield from idless
+                idless.clear()
             if conversation_id in seen:
                 # Its earlier rows were already scored; merging would mean holding the whole file.
                 current = ReadItem(line_number, error="rows of this conversation are not contiguous in the file",
@@ -213,7 +269,9 @@ def _group_rows(rows, columns, default_timezone=None):
             continue
         role = _cell_text(row.get(columns["role"]))
         text = row.get(columns["text"])
-        turn = {"role": ROLE_ALIASES.get(role, ROLE_ALIASES.get(role.lower(), role.lower())),
+        # An unknown sender stays as written, so that the error names what the file holds.
+        turn = {"role": ROLE_ALIASES.get(role) or ROLE_ALIASES.get(role.lower())
+                or (role.lower() if role.lower() in ROLES else role),
                 "text": text if isinstance(text, str) else _cell_text(text)}
         stamp = _timestamp(row.get(columns["ts"]), default_timezone) if "ts" in columns else ""
         if stamp:
@@ -225,3 +283,4 @@ def _group_rows(rows, columns, default_timezone=None):
                 current.record.setdefault("meta", {})[field] = value
     if current is not None:
         yield current
+    yield from idless

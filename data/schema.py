@@ -1,5 +1,6 @@
 """What a conversation must look like (../shared/labels.md) and the reasons it can be refused."""
-from datetime import datetime
+import math
+from datetime import datetime, timedelta
 
 from ..model.labels import LABELS, ROLES
 
@@ -21,6 +22,48 @@ def parse_ts(value):
     return stamp
 
 
+# Exports may order a few messages by server receipt; a larger step back in time is a broken export, and a negative
+# gap would hide the reply delays the model reads.
+BACKWARD_TOLERANCE = timedelta(minutes=5)
+
+
+def unwritable_content(value):
+    """What in a decoded JSON value cannot be written back out as UTF-8 JSON: a lone UTF-16 surrogate (what a tool
+    leaves when it cuts an emoji in half) or NaN/Infinity; None when there is nothing."""
+    if isinstance(value, str):
+        if any("\ud800" <= character <= "\udfff" for character in value):
+            return "an unpaired UTF-16 surrogate (a cut emoji or character)"
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return "NaN or Infinity, which JSON does not allow"
+    elif isinstance(value, dict):
+        return next(filter(None, map(unwritable_content, [*value.keys(), *value.values()])), None)
+    elif isinstance(value, list):
+        return next(filter(None, map(unwritable_content, value)), None)
+    return None
+
+
+def printable_id(value):
+    """A conversation id as output records echo it: a string, with what UTF-8 cannot carry replaced."""
+    return None if value is None else str(value).encode("utf-8", "replace").decode("utf-8")
+
+
+def _timing_problems(turns):
+    problems, previous = [], None
+    for index, turn in enumerate(turns):
+        try:
+            stamp = parse_ts(turn["ts"]) if isinstance(turn, dict) and turn.get("ts") is not None else None
+        except ConversationError:
+            continue
+        if stamp is None:
+            continue
+        if previous is not None and stamp < previous[1] - BACKWARD_TOLERANCE:
+            problems.append(f"turn {index}: ts {turn['ts']} is earlier than turn {previous[0]}'s; timestamps must "
+                            "not go back in time (fix the export, or drop the ts fields)")
+        previous = (index, stamp)
+    return problems
+
+
 def conversation_problems(record, annotated=False):
     """Every problem of one conversation record, as readable strings (empty list: usable).
 
@@ -29,10 +72,15 @@ def conversation_problems(record, annotated=False):
     """
     if not isinstance(record, dict):
         return [f"a conversation must be a JSON object, got {type(record).__name__}"]
+    unwritable = unwritable_content(record)
+    if unwritable:
+        return [f"the conversation holds {unwritable}; repair the export"]
     problems = []
     conv_id = record.get("id")
-    if not isinstance(conv_id, (str, int)) or isinstance(conv_id, bool) or str(conv_id).strip() == "":
+    if conv_id is None or (isinstance(conv_id, str) and not conv_id.strip()):
         problems.append("missing id")
+    elif not isinstance(conv_id, (str, int)) or isinstance(conv_id, bool):
+        problems.append(f"id must be a string or an integer, got {type(conv_id).__name__}")
     if "meta" in record and not isinstance(record["meta"], dict):
         problems.append("meta must be an object")
     turns = record.get("turns")
@@ -47,7 +95,9 @@ def conversation_problems(record, annotated=False):
         if role not in ROLES:
             problems.append(f"{where}: unknown role {role!r} (expected one of {', '.join(ROLES)})")
         text = turn.get("text")
-        if not isinstance(text, str) or not text.strip():
+        if text is not None and not isinstance(text, str):
+            problems.append(f"{where}: text must be a string, got {type(text).__name__}")
+        elif text is None or not text.strip():
             problems.append(f"{where}: empty text")
         if "ts" in turn and turn["ts"] is not None:
             try:
@@ -69,7 +119,7 @@ def conversation_problems(record, annotated=False):
                 problems.append(f"{where}: labels on a {role} turn")
     if not any(isinstance(t, dict) and t.get("role") == "agent" for t in turns):
         problems.append("no agent turn")
-    return problems
+    return problems + _timing_problems(turns)
 
 
 def check_conversation(record, annotated=False):

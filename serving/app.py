@@ -26,7 +26,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.requests import HTTPConnection
 
 from ..data.readers import ReadItem
-from ..data.schema import parse_ts
+from ..data.schema import parse_ts, unwritable_content
 from ..model.labels import LABELS
 from ..model.rules import RuleScorer
 from .batch import ScorerSpec, build_scorer, score_stream
@@ -99,6 +99,9 @@ class InferenceGate:
 def _not_blank(text):
     if not text.strip():
         raise ValueError("empty text")
+    unwritable = unwritable_content(text)
+    if unwritable:
+        raise ValueError(f"text holds {unwritable}")
     return text
 
 
@@ -277,8 +280,10 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_and_note)
         except Exception as error:
-            log.error("%s %s failed: %s", scope["method"], scope["path"], type(error).__name__,
-                      exc_info=error if self.debug else None)
+            # FastAPI's body limit sends its 413 and then raises to stop reading: that request was answered.
+            if status is None or status >= 500:
+                log.error("%s %s failed: %s", scope["method"], scope["path"], type(error).__name__,
+                          exc_info=error if self.debug else None)
             if status is None:
                 await JSONResponse({"detail": "internal error"}, status_code=500)(scope, receive, send_and_note)
         log.info("%s %s %s %.1f ms", scope["method"], scope["path"], status,

@@ -552,7 +552,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:  # a missing or unreadable path (a folder, no permission), or bad input
         print(f"error: {error}", file=sys.stderr)
         return 2
 

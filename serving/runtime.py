@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.schema import ConversationError, check_conversation, timestamp_coverage
+from ..data.schema import ConversationError, check_conversation, printable_id, timestamp_coverage
 from ..model.classifier import ModelSettings
 from ..model.encoding import TurnEncoder
 from ..model.labels import LABELS
@@ -188,8 +188,7 @@ def conversation_record(record, turns, decide):
 
 
 def error_record(record, reason, line=None):
-    conversation_id = record.get("id") if isinstance(record, dict) else None
-    result = {"id": None if conversation_id is None else str(conversation_id), "error": reason}
+    result = {"id": printable_id(record.get("id") if isinstance(record, dict) else None), "error": reason}
     if line is not None:
         result["line"] = line
     return result

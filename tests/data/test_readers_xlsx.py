@@ -75,9 +75,9 @@ def test_excel_line_numbers_and_reader_errors(tmp_path):
     path = write_xlsx(tmp_path / "in.xlsx", ["会话ID", "发送方", "内容"], rows)
     items = list(read_conversations(path))
     assert [(i.line, i.conversation_id, i.error) for i in items] == [
-        (3, None, "row without a conversation id"), (2, "a", None), (5, "b", None),
+        (2, "a", None), (3, None, "row without a conversation id"), (5, "b", None),
         (6, "a", "rows of this conversation are not contiguous in the file")]
-    assert items[1].record["turns"] == [{"role": "customer", "text": "在吗"}, {"role": "agent", "text": "在的"}]
+    assert items[0].record["turns"] == [{"role": "customer", "text": "在吗"}, {"role": "agent", "text": "在的"}]
 
 
 def test_naive_timestamps_stay_naive_without_a_timezone(tmp_path):

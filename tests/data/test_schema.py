@@ -22,6 +22,14 @@ def test_valid_conversation_has_no_problems():
     (conversation(turns=[{"role": "agent", "text": "好", "ts": "yesterday"}]), "not ISO 8601"),
     (conversation(turns=[{"role": "agent", "text": "好", "ts": "2026-03-01T10:00:00"}]), "no UTC offset"),
     (["not", "an", "object"], "must be a JSON object"),
+    (conversation(id=1.5), "id must be a string or an integer, got float"),
+    (conversation(turns=[{"role": "agent", "text": 123}]), "turn 0: text must be a string, got int"),
+    (conversation(turns=[{"role": "agent", "text": "好\ud83d"}]), "unpaired UTF-16 surrogate"),
+    (conversation(id="c\udc00"), "unpaired UTF-16 surrogate"),
+    (conversation(meta={"score": float("nan")}), "NaN or Infinity"),
+    (conversation(turns=[{"role": "customer", "text": "在吗", "ts": "2026-03-01T10:00:00+08:00"},
+                         {"role": "agent", "text": "在", "ts": "2026-03-01T09:00:00+08:00"}]),
+     "turn 1: ts 2026-03-01T09:00:00+08:00 is earlier than turn 0's"),
 ])
 def test_each_kind_of_bad_conversation_is_named(record, reason):
     problems = conversation_problems(record)
@@ -56,3 +64,10 @@ def test_timestamp_coverage(stamps, coverage):
             turn["ts"] = stamp
     assert timestamp_coverage(turns) == coverage
     assert timestamp_coverage([{**turn, "ts": None} for turn in turns]) == "none"
+
+
+def test_timestamps_may_step_back_a_little_as_exports_order_by_receipt():
+    turns = [{"role": "customer", "text": "在吗", "ts": "2026-03-01T10:00:00+08:00"},
+             {"role": "system", "text": "转接中"},
+             {"role": "agent", "text": "在", "ts": "2026-03-01T09:57:00+08:00"}]
+    assert conversation_problems(conversation(turns=turns)) == []

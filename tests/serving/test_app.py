@@ -142,6 +142,19 @@ def test_malformed_json_gets_422_naming_the_body(client):
     assert response.status_code == 422 and response.json()["problems"][0]["field"] == "conversations"
 
 
+def test_text_json_cannot_carry_gets_a_4xx_or_an_error_record_never_a_500(client):
+    cut_emoji = b'{"draft": "\\ud83d", "context": []}'
+    hint = client.post("/v1/hint", content=cut_emoji, headers={"Content-Type": "application/json"})
+    assert hint.status_code == 422 and "surrogate" in hint.json()["detail"]
+    body = (b'{"conversations": [{"id": "cut", "turns": [{"role": "agent", "text": "\\ud83d"}]},'
+            b' {"id": "nan", "meta": {"x": NaN}, "turns": [{"role": "agent", "text": "ok"}]},'
+            b' {"id": "fine", "turns": [{"role": "agent", "text": "ok"}]}]}')
+    response = client.post("/v1/score", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200
+    cut, nan, fine = response.json()["records"]
+    assert "surrogate" in cut["error"] and "NaN" in nan["error"] and "error" not in fine
+
+
 def test_size_and_batch_limits_give_413(firing_model):
     with client_for(firing_model, max_body_bytes=2000, max_batch=2) as limited:
         big = limited.post("/v1/hint", json={"draft": "好" * 3000})

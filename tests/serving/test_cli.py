@@ -98,6 +98,25 @@ def test_missing_input_file_is_a_clear_error(tmp_path, capsys):
     assert "nope.jsonl" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("make_input", [lambda folder: folder,
+                                        lambda folder: (folder / "fake.xlsx").write_text("x") and folder / "fake.xlsx"])
+def test_unreadable_input_is_a_clear_error_not_a_traceback(tmp_path, capsys, make_input):
+    assert main(["score", str(make_input(tmp_path)), "--engine", "rules", "-q"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_one_cut_emoji_loses_no_other_conversation(tmp_path):
+    source = tmp_path / "in.jsonl"
+    good = json.dumps({"id": "good", "turns": [{"role": "agent", "text": "您好"}]}, ensure_ascii=False)
+    source.write_text("\n".join([good, '{"id": "b\\ud83d", "turns": [{"role": "agent", "text": "\\ud83d"}]}', good])
+                      + "\n", encoding="utf-8")
+    output = tmp_path / "out.jsonl"
+    assert main(["score", str(source), "-o", str(output), "--engine", "rules", "-q"]) == 0
+    records = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    assert [record["id"] for record in records] == ["good", "b?", "good"]
+    assert "surrogate" in records[1]["error"] and "error" not in records[2]
+
+
 def test_torch_engine_on_an_onnx_only_model_is_a_clear_error(tmp_path, capsys):
     # The shipped folder holds ONNX files and no torch weights.
     assert main(["eval", str(TINY_DATA), "--engine", "torch", "--out", str(tmp_path / "report")]) == 2
