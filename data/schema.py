@@ -48,22 +48,6 @@ def printable_id(value):
     return None if value is None else str(value).encode("utf-8", "replace").decode("utf-8")
 
 
-def _timing_problems(turns):
-    problems, previous = [], None
-    for index, turn in enumerate(turns):
-        try:
-            stamp = parse_ts(turn["ts"]) if isinstance(turn, dict) and turn.get("ts") is not None else None
-        except ConversationError:
-            continue
-        if stamp is None:
-            continue
-        if previous is not None and stamp < previous[1] - BACKWARD_TOLERANCE:
-            problems.append(f"turn {index}: ts {turn['ts']} is earlier than turn {previous[0]}'s; timestamps must "
-                            "not go back in time (fix the export, or drop the ts fields)")
-        previous = (index, stamp)
-    return problems
-
-
 def conversation_problems(record, annotated=False):
     """Every problem of one conversation record, as readable strings (empty list: usable).
 
@@ -75,7 +59,7 @@ def conversation_problems(record, annotated=False):
     unwritable = unwritable_content(record)
     if unwritable:
         return [f"the conversation holds {unwritable}; repair the export"]
-    problems = []
+    problems, last_stamp = [], None
     conv_id = record.get("id")
     if conv_id is None or (isinstance(conv_id, str) and not conv_id.strip()):
         problems.append("missing id")
@@ -101,9 +85,14 @@ def conversation_problems(record, annotated=False):
             problems.append(f"{where}: empty text")
         if "ts" in turn and turn["ts"] is not None:
             try:
-                parse_ts(turn["ts"])
+                stamp = parse_ts(turn["ts"])
             except ConversationError as error:
                 problems.append(f"{where}: {error}")
+            else:
+                if last_stamp is not None and stamp < last_stamp[1] - BACKWARD_TOLERANCE:
+                    problems.append(f"{where}: ts {turn['ts']} is earlier than turn {last_stamp[0]}'s; timestamps "
+                                    "must not go back in time (fix the export, or drop the ts fields)")
+                last_stamp = (index, stamp)
         if annotated:
             labels = turn.get("labels")
             if role == "agent":
@@ -119,7 +108,7 @@ def conversation_problems(record, annotated=False):
                 problems.append(f"{where}: labels on a {role} turn")
     if not any(isinstance(t, dict) and t.get("role") == "agent" for t in turns):
         problems.append("no agent turn")
-    return problems + _timing_problems(turns)
+    return problems
 
 
 def check_conversation(record, annotated=False):

@@ -96,7 +96,7 @@ class InferenceGate:
             self.gauge.set(self.admitted)
 
 
-def _not_blank(text):
+def _usable_text(text):
     if not text.strip():
         raise ValueError("empty text")
     unwritable = unwritable_content(text)
@@ -111,7 +111,7 @@ def _iso_ts(stamp):
     return stamp
 
 
-Text = Annotated[str, AfterValidator(_not_blank)]
+Text = Annotated[str, AfterValidator(_usable_text)]
 Timestamp = Annotated[Optional[str], AfterValidator(_iso_ts)]
 
 

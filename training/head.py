@@ -100,6 +100,7 @@ def refit_head(model_dir, train_files, dev_file, output_dir, c_grid=DEFAULT_C_GR
     with torch.no_grad():
         model.classifier.weight.copy_(torch.from_numpy(best["weight"]).to(model.classifier.weight.dtype))
         model.classifier.bias.copy_(torch.from_numpy(best["bias"]).to(model.classifier.bias.dtype))
+    # Scored through the whole model, not the cached features: this also proves the folded layer reads as fitted.
     metrics, thresholds = evaluate(model, dev_set, pad_id)
     set_hengwen_settings(model.config, thresholds, settings.encoding)
     output_dir = Path(output_dir)
