@@ -246,11 +246,11 @@ def _group_rows(rows, columns, default_timezone=None):
     for line_number, row in rows:
         conversation_id = _cell_text(row.get(columns["id"]))
         if not conversation_id:
-            # Held until the conversation open above it is complete, so that output stays in input order.
-            idless.append(ReadItem(line_number, error="row without a conversation id"))
+            error = ReadItem(line_number, error="row without a conversation id")
             if current is None:
-                yield from idless
-                idless.clear()
+                yield error
+            else:  # after the conversation open above it is complete, so that output keeps input order
+                idless.append(error)
             continue
         if current is None or conversation_id != current.conversation_id:
             if current is not None:

@@ -1,5 +1,5 @@
 """What a conversation must look like (../shared/labels.md) and the reasons it can be refused."""
-import math
+import json
 from datetime import datetime, timedelta
 
 from ..model.labels import LABELS, ROLES
@@ -28,18 +28,14 @@ BACKWARD_TOLERANCE = timedelta(minutes=5)
 
 
 def unwritable_content(value):
-    """What in a decoded JSON value cannot be written back out as UTF-8 JSON: a lone UTF-16 surrogate (what a tool
-    leaves when it cuts an emoji in half) or NaN/Infinity; None when there is nothing."""
-    if isinstance(value, str):
-        if any("\ud800" <= character <= "\udfff" for character in value):
-            return "an unpaired UTF-16 surrogate (a cut emoji or character)"
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            return "NaN or Infinity, which JSON does not allow"
-    elif isinstance(value, dict):
-        return next(filter(None, map(unwritable_content, [*value.keys(), *value.values()])), None)
-    elif isinstance(value, list):
-        return next(filter(None, map(unwritable_content, value)), None)
+    """Why a decoded JSON value cannot be written back out as UTF-8 JSON (a lone UTF-16 surrogate, what a tool leaves
+    when it cuts an emoji in half, or NaN/Infinity), or None: the output writers' own encoding, tried once."""
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return "an unpaired UTF-16 surrogate (a cut emoji or character)"
+    except ValueError:
+        return "NaN or Infinity, which JSON does not allow"
     return None
 
 
