@@ -78,6 +78,22 @@ def test_per_channel_recipe_gives_each_output_column_its_own_scale(tiny_model, t
     assert all((zero_point != () and zero_point[0] > 1) == per_channel for zero_point in weight_zero_points)
 
 
+@pytest.mark.parametrize("recipe, float_head_layers", [("u8-ffn-fp32", 0), ("u8-ffn-head-fp32", 2)])
+def test_head_recipe_keeps_pooler_and_classifier_in_float(tiny_model, tmp_path, recipe, float_head_layers):
+    import onnx
+    from hengwen.model.export import head_layers, quantize
+    fp32 = tiny_model / "onnx" / "model.onnx"
+    graph = onnx.load(str(fp32)).graph
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer}
+    # The tiny model's hidden size is 32 and it has 4 labels: the pooler is 32 x 32, the classifier 4 x 32.
+    head = [node for node in graph.node if node.name in head_layers(graph)]
+    assert sorted(shapes[node.input[1]] for node in head) == [(4, 32), (32, 32)]
+    quantize(fp32, tmp_path / "model.int8.onnx", recipe)
+    _, float_matmuls = _weight_types(tmp_path / "model.int8.onnx")
+    # the two feed-forward down-projections, and with the head recipe the pooler and classifier (now MatMuls)
+    assert len(float_matmuls) == 2 + float_head_layers
+
+
 def test_unknown_quantization_recipe_is_refused(tiny_model, tmp_path):
     from hengwen.model.export import quantize
     with pytest.raises(ValueError, match="u8-ffn-fp32"):
