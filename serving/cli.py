@@ -211,7 +211,8 @@ def command_soup(args):
 
 def command_refit_head(args):
     from ..training.head import refit_head
-    refit_head(args.model_dir, args.train, args.dev, args.out, c_grid=args.c, untimed_copies=args.untimed_copies)
+    refit_head(args.model_dir, args.train, args.dev, args.out, c_grid=args.c, untimed_copies=args.untimed_copies,
+               int8_recipe=args.int8_recipe)
     return 0
 
 
@@ -424,6 +425,9 @@ def parser():
                        help="inverse L2 regularization strengths to try")
     refit.add_argument("--untimed-copies", action="store_true",
                        help="also fit on a copy without timestamps of every timestamped conversation, as training does")
+    refit.add_argument("--int8-recipe", choices=[name for name in QUANTIZATION_RECIPES if "-head-fp32" in name],
+                       help="also encode every turn with the int8 file this recipe makes of the model, fit on both "
+                            "engines' features and choose C on both; export the result with the same recipe")
     refit.set_defaults(handler=command_refit_head)
 
     export = commands.add_parser("export", help="write and check ONNX fp32 and int8 models")

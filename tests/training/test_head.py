@@ -64,3 +64,39 @@ def test_refit_head_needs_a_run_folder(tiny_model, tmp_path):
     (source / "run_info.json").unlink()
     with pytest.raises(ValueError, match="run_info.json"):
         refit_head(source, [TINY_DATA], TINY_DATA, tmp_path / "out", log=lambda *_: None)
+
+
+def test_refit_head_with_int8_features_fits_on_both_engines(tiny_model, tmp_path):
+    from hengwen.model.export import export_model
+    from hengwen.serving.runtime import Scorer
+    plain = refit_head(tiny_model, [TINY_DATA], TINY_DATA, tmp_path / "plain", c_grid=(1.0,), log=lambda *_: None)
+    out = tmp_path / "int8-aware"
+    description = refit_head(tiny_model, [TINY_DATA], TINY_DATA, out, c_grid=(1.0,), int8_recipe="u8-ffn-head-fp32",
+                             log=lambda *_: None)
+    assert description["int8_recipe"] == "u8-ffn-head-fp32"
+    assert description["training_turns"] == 2 * plain["training_turns"]
+    assert "int8 file" in (out / "README.md").read_text()
+    # Quantizing the new model rebuilds the int8 encoder the head was fitted on, bit for bit.
+    from transformers import AutoModelForSequenceClassification
+
+    from hengwen.model.export import pooled_output_session
+    from hengwen.serving.runtime import pad_batch
+    batch = pad_batch([{"input_ids": [2, 40, 41, 42, 3], "token_type_ids": [0] * 5, "attention_mask": [1] * 5}], 0)
+    pooled = []
+    for index, folder in enumerate((tiny_model, out)):
+        model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        (tmp_path / f"scratch{index}").mkdir()
+        session = pooled_output_session(model, batch, tmp_path / f"scratch{index}")
+        pooled.append(session.run(["pooled"], batch)[0])
+    np.testing.assert_array_equal(pooled[0], pooled[1])
+    # The fp32 tolerance is loose: C 1.0 on a random tiny model gives large logits.
+    assert export_model(out, TINY_DATA, max_abs_diff=1e-3, max_f1_drop=1.0, log=lambda *_: None,
+                        quantization_recipe="u8-ffn-head-fp32")["passed"]
+    conversation = json.loads(TINY_DATA.read_text(encoding="utf-8").splitlines()[0])
+    assert "error" not in Scorer(out, quantization="int8", threads=1).score_records([conversation])[0]
+
+
+def test_pooled_output_session_refuses_a_recipe_that_quantizes_the_head(tiny_model, tmp_path):
+    from hengwen.model.export import pooled_output_session
+    with pytest.raises(ValueError, match="quantizes the classification layer"):
+        pooled_output_session(None, None, tmp_path, recipe="u8-ffn-fp32")
