@@ -207,14 +207,42 @@ def _require_utf8(path):
         raise ValueError(f"{path} is not UTF-8 (it ends inside a character)") from None
 
 
+# Row key (never a column name) for the conversation ids found inside a text cell that swallowed later rows.
+_SWALLOWED_ROWS = object()
+
+
+def _ids_of_swallowed_rows(text, header, columns):
+    """Conversation ids of the lines after the first in a text cell that read as rows of this file: a quote opened
+    and never closed makes the csv module take every row up to the next quote into one cell, which it cannot tell
+    from a real multi-line message."""
+    if not isinstance(text, str) or "\n" not in text:
+        return []
+    id_index, role_index = header.index(columns["id"]), header.index(columns["role"])
+    ids = []
+    for fields in csv.reader(text.splitlines()[1:]):
+        if len(fields) > max(id_index, role_index) and fields[id_index].strip():
+            role = fields[role_index].strip()
+            if role in ROLE_ALIASES or role.lower() in ROLE_ALIASES or role.lower() in ROLES:
+                ids.append(fields[id_index].strip())
+    return ids
+
+
 def _read_csv(path, mapping=None, default_timezone=None):
     _require_utf8(path)
     # The csv module's default cell limit (131,072 characters) is below what one long call transcript can hold.
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
     with Path(path).open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
-        columns = _resolve_columns(reader.fieldnames or [], mapping)
-        yield from _group_rows(((reader.line_num, row) for row in reader), columns, default_timezone)
+        header = reader.fieldnames or []
+        columns = _resolve_columns(header, mapping)
+
+        def rows():
+            for row in reader:
+                swallowed = _ids_of_swallowed_rows(row.get(columns["text"]), header, columns)
+                if swallowed:
+                    row[_SWALLOWED_ROWS] = swallowed
+                yield reader.line_num, row
+        yield from _group_rows(rows(), columns, default_timezone)
 
 
 def _read_xlsx(path, mapping=None, default_timezone=None):
@@ -266,6 +294,14 @@ def _group_rows(rows, columns, default_timezone=None):
             current = ReadItem(line_number, record={"id": conversation_id, "turns": []},
                                conversation_id=conversation_id)
         if current.record is None:
+            continue
+        if _SWALLOWED_ROWS in row:
+            swallowed = row[_SWALLOWED_ROWS]
+            names = ", ".join(dict.fromkeys(printable_id(name) for name in swallowed))
+            current = ReadItem(current.line, conversation_id=conversation_id, record=None, error=(
+                f"a text cell ending on line {line_number} holds {len(swallowed)} lines that read as rows of this file "
+                f"(conversation {names}): a quote was opened and not closed, so those rows were not read as rows; "
+                "close the quote and score the file again"))
             continue
         role = _cell_text(row.get(columns["role"]))
         text = row.get(columns["text"])

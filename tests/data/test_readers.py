@@ -56,6 +56,24 @@ def test_csv_reader_refuses_non_contiguous_conversation(tmp_path):
     assert "not contiguous" in items[2].error
 
 
+def test_csv_reader_reports_rows_swallowed_by_an_unclosed_quote(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text('id,role,text\na,customer,在吗\na,agent,"好的\nb,customer,退款呢\nb,客服,稍等\n'
+                    'c,agent,收到\n', encoding="utf-8")
+    items = list(read_conversations(path))
+    # Without the check, b's and c's rows were read as part of a's reply and vanished without a word.
+    assert [i.conversation_id for i in items] == ["a"]
+    assert "quote was opened and not closed" in items[0].error and "(conversation b, c)" in items[0].error
+    assert items[0].record is None
+
+
+def test_csv_reader_keeps_a_real_multi_line_message(tmp_path):
+    path = write_csv(tmp_path / "in.csv", ["id", "role", "text"], [
+        ["a", "agent", "第一步,customer,先登录\n第二步 a,点设置"], ["a", "customer", "好"]])
+    items = list(read_conversations(path))
+    assert items[0].error is None and items[0].record["turns"][0]["text"].count("\n") == 1
+
+
 def test_csv_reader_names_missing_columns(tmp_path):
     path = write_csv(tmp_path / "in.csv", ["id", "who", "text"], [["a", "agent", "1"]])
     try:
