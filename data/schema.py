@@ -25,6 +25,9 @@ def parse_ts(value):
 # Exports may order a few messages by server receipt; a larger step back in time is a broken export, and a negative
 # gap would hide the reply delays the model reads.
 BACKWARD_TOLERANCE = timedelta(minutes=5)
+# Customers come back on a warranty years later (dev has one a year on); a next message more than ten years on is a
+# mistyped year (2062 or 2036 for 2026), and the gap would read as an extreme reply delay.
+FORWARD_LIMIT = timedelta(days=3653)
 
 
 def unwritable_content(value):
@@ -88,6 +91,9 @@ def conversation_problems(record, annotated=False):
                 if last_stamp is not None and stamp < last_stamp[1] - BACKWARD_TOLERANCE:
                     problems.append(f"{where}: ts {turn['ts']} is earlier than turn {last_stamp[0]}'s; timestamps "
                                     "must not go back in time (fix the export, or drop the ts fields)")
+                elif last_stamp is not None and stamp > last_stamp[1] + FORWARD_LIMIT:
+                    problems.append(f"{where}: ts {turn['ts']} is more than ten years after turn {last_stamp[0]}'s; "
+                                    "a mistyped year? (fix the export, or drop the ts fields)")
                 last_stamp = (index, stamp)
         if annotated:
             labels = turn.get("labels")

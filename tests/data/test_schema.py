@@ -30,12 +30,22 @@ def test_valid_conversation_has_no_problems():
     (conversation(turns=[{"role": "customer", "text": "在吗", "ts": "2026-03-01T10:00:00+08:00"},
                          {"role": "agent", "text": "在", "ts": "2026-03-01T09:00:00+08:00"}]),
      "turn 1: ts 2026-03-01T09:00:00+08:00 is earlier than turn 0's"),
+    (conversation(turns=[{"role": "customer", "text": "在吗", "ts": "2026-03-01T10:00:00+08:00"},
+                         {"role": "agent", "text": "在", "ts": "2062-03-01T10:01:00+08:00"}]),
+     "turn 1: ts 2062-03-01T10:01:00+08:00 is more than ten years after turn 0's"),
 ])
 def test_each_kind_of_bad_conversation_is_named(record, reason):
     problems = conversation_problems(record)
     assert any(reason in p for p in problems), problems
     with pytest.raises(ConversationError):
         check_conversation(record)
+
+
+def test_a_customer_back_years_later_is_accepted():
+    record = conversation(turns=[{"role": "customer", "text": "在吗", "ts": "2026-03-01T10:00:00+08:00"},
+                                 {"role": "agent", "text": "在", "ts": "2026-03-01T10:01:00+08:00"},
+                                 {"role": "customer", "text": "保修期内又坏了", "ts": "2029-02-20T09:00:00+08:00"}])
+    assert conversation_problems(record) == []
 
 
 def test_annotated_mode_requires_known_labels_on_agent_turns_only():
