@@ -42,12 +42,13 @@ def onnx_encoder(session):
     return lambda batch: session.run(["pooled"], {k: v for k, v in batch.items() if k in names})[0]
 
 
-def pooled_features(encode, dataset, pad_id, hidden_size, batch_size=64):
+def pooled_features(encode, dataset, pad_id, hidden_size, batch_size=64, description="encode"):
     """The classification layer's input (BERT's pooled output) for every example, in dataset order."""
+    from tqdm.auto import tqdm
     features = model_inputs(dataset)
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     pooled = np.zeros((len(features), hidden_size), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
+    for start in tqdm(range(0, len(order), batch_size), desc=description, unit="batch", mininterval=5):
         chunk = order[start:start + batch_size]
         pooled[chunk] = encode(pad_batch([features[i] for i in chunk], pad_id))
     return pooled
@@ -108,9 +109,10 @@ def refit_head(model_dir, train_files, dev_file, output_dir, c_grid=DEFAULT_C_GR
             sample = sorted(model_inputs(dev_set), key=lambda f: len(f["input_ids"]))[-4:]
             encoders["int8"] = onnx_encoder(pooled_output_session(model, pad_batch(sample, pad_id), scratch,
                                                                   int8_recipe))
-        train_features = np.concatenate([pooled_features(encode, dataset, pad_id, hidden_size)
-                                         for encode in encoders.values() for dataset in train_sets])
-        dev_features = [pooled_features(encode, dev_set, pad_id, hidden_size) for encode in encoders.values()]
+        train_features = np.concatenate([pooled_features(encode, dataset, pad_id, hidden_size, description=engine)
+                                         for engine, encode in encoders.items() for dataset in train_sets])
+        dev_features = [pooled_features(encode, dev_set, pad_id, hidden_size, description=f"{engine} dev")
+                        for engine, encode in encoders.items()]
     train_gold = np.concatenate([gold_matrix(dataset) for dataset in train_sets] * len(encoders))
     dev_gold = gold_matrix(dev_set)
     log(f"encoded {len(train_features)} training turns from {len(train_files)} files with {', '.join(encoders)}")
