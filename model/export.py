@@ -60,7 +60,7 @@ QUANTIZATION_RECIPES = {
     "u8-ffn-fp32-per-channel": "u8-ffn-fp32 with one weight scale per output column instead of one per matrix "
                                "(same size; keeps more of a column whose range differs from the rest)",
     "u8-ffn-head-fp32": "u8-ffn-fp32 with the pooler and classification layers kept in fp32 too (0.3 M weights, "
-                        "run once per turn; a head whose weights span a wide range loses most in one int8 scale)",
+                        "run once per turn; `refit-head --int8-recipe` reads the head's float input)",
 }
 DEFAULT_QUANTIZATION_RECIPE = "u8-ffn-fp32"
 

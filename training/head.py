@@ -2,8 +2,9 @@
 
 A model soup (`soup.py`) averages encoders and heads that were each trained together on different data; the
 averaged encoder's features are a point no ingredient's head was fitted to. Here the encoder stays frozen: every
-training turn is encoded once, its pooled output (the classification layer's input) is kept, and one standardized
-L2 logistic regression per label is fitted on it, with the regularization chosen on dev. The standardization is folded
+training turn is encoded once (twice with `int8_recipe`: by torch and by the int8 file, rule 22), its pooled output
+(the classification layer's input) is kept, and one standardized L2 logistic regression per label is fitted on it,
+with the regularization chosen on dev. The standardization is folded
 into the weights, so the result is the same architecture with a new `classifier` layer: export, calibration and every
 entry point read it unchanged (decision rule 20, training/README.md).
 """
