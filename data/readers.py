@@ -207,6 +207,11 @@ def _require_utf8(path):
         raise ValueError(f"{path} is not UTF-8 (it ends inside a character)") from None
 
 
+def _known_role(cell):
+    """The role a sender cell names (an alias in any case, or a role name), or None."""
+    return ROLE_ALIASES.get(cell) or ROLE_ALIASES.get(cell.lower()) or (cell.lower() if cell.lower() in ROLES else None)
+
+
 # Row key (never a column name) for the conversation ids found inside a text cell that swallowed later rows.
 _SWALLOWED_ROWS = object()
 
@@ -220,10 +225,9 @@ def _ids_of_swallowed_rows(text, header, columns):
     id_index, role_index = header.index(columns["id"]), header.index(columns["role"])
     ids = []
     for fields in csv.reader(text.splitlines()[1:]):
-        if len(fields) > max(id_index, role_index) and fields[id_index].strip():
-            role = fields[role_index].strip()
-            if role in ROLE_ALIASES or role.lower() in ROLE_ALIASES or role.lower() in ROLES:
-                ids.append(fields[id_index].strip())
+        if (len(fields) > max(id_index, role_index) and fields[id_index].strip()
+                and _known_role(fields[role_index].strip())):
+            ids.append(fields[id_index].strip())
     return ids
 
 
@@ -306,8 +310,7 @@ def _group_rows(rows, columns, default_timezone=None):
         role = _cell_text(row.get(columns["role"]))
         text = row.get(columns["text"])
         # An unknown sender stays as written, so that the error names what the file holds.
-        turn = {"role": ROLE_ALIASES.get(role) or ROLE_ALIASES.get(role.lower())
-                or (role.lower() if role.lower() in ROLES else role),
+        turn = {"role": _known_role(role) or role,
                 "text": text if isinstance(text, str) else _cell_text(text)}
         stamp = _timestamp(row.get(columns["ts"]), default_timezone) if "ts" in columns else ""
         if stamp:

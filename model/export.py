@@ -107,7 +107,7 @@ def quantize(fp32_path, int8_path, recipe=DEFAULT_QUANTIZATION_RECIPE):
         prepared.unlink(missing_ok=True)
 
 
-def pooled_output_session(model, sample, scratch, recipe="u8-ffn-head-fp32", threads=None):
+def pooled_output_session(model, sample, scratch, recipe="u8-ffn-head-fp32"):
     """Export `model` to fp32 ONNX in folder `scratch`, quantize it with `recipe` (one that keeps the head in fp32)
     and return an onnxruntime session that also outputs "pooled": the classification layer's input as the int8
     encoder computes it. `hengwen export` with the same recipe then rebuilds the same int8 encoder."""
@@ -122,9 +122,7 @@ def pooled_output_session(model, sample, scratch, recipe="u8-ffn-head-fp32", thr
     classifier = [node for node in graph_model.graph.node if node.name in head_layers(graph_model.graph)][-1]
     graph_model.graph.output.append(onnx.helper.make_tensor_value_info("pooled", onnx.TensorProto.FLOAT, None))
     graph_model.graph.node.append(onnx.helper.make_node("Identity", [classifier.input[0]], ["pooled"]))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or 0
-    return ort.InferenceSession(graph_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(graph_model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def _per_label_f1(gold, probabilities, thresholds):
