@@ -79,7 +79,7 @@ def head_layers(graph):
     weights = {tensor.name for tensor in graph.initializer}
     last_norm = max(index for index, node in enumerate(graph.node) if node.op_type == "LayerNormalization")
     return [node.name for node in graph.node[last_norm + 1:]
-            if node.op_type in ("MatMul", "Gemm") and any(name in weights for name in node.input[1:2])]
+            if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in weights]
 
 
 def quantize(fp32_path, int8_path, recipe=DEFAULT_QUANTIZATION_RECIPE):
