@@ -31,6 +31,11 @@ class DataArguments:
     """Train on every timestamped conversation of every training file twice: as written and with all timestamps
     removed. Unlike `untimed_share`, no example loses its reply-gap markers; each is also seen without them, so a
     label the text shows must be learned from the text."""
+    reply_only_copies: bool = False
+    """Also train on every agent turn of every training file read with only the message(s) it answers (the turns
+    since the previous agent turn, without timestamps). The copy keeps the reply's `overbearing`, `perfunctory` and
+    `vague-expertise` labels and has no `cold-follow-up` target, which needs the conversation's history: so that
+    whether a reply answers is learned from the reply, not from a chasing context."""
     label_revision_files: list = field(default_factory=list)
     """Stand-off label files (`{"id", "turn", "labels"}` per line, as `data attach-labels` reads) whose labels
     replace the annotated ones of those agent turns in the training files (`train_file`, `extra_train_files`),

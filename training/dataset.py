@@ -1,6 +1,7 @@
 """Annotated conversations -> one encoded example per agent turn, as a cached `datasets.Dataset`."""
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,10 @@ import numpy as np
 from ..data.schema import check_conversation
 from ..model.encoding import EncodingConfig, TurnEncoder
 from ..model.labels import LABELS
+
+# `cold-follow-up` compares a reply with how the agent treated the customer before the sale
+# (../shared/labels.md), so a reply read without that history cannot show it
+STAGE_LABELS = ("cold-follow-up",)
 
 
 def file_sha256(path):
@@ -90,6 +95,17 @@ def timing_variants(conversation, untimed_share=0.0, untimed_copies=False):
     return variants
 
 
+def reply_only_excerpts(conversation):
+    """Per agent turn, that turn with only the message(s) it answers: the turns since the previous agent turn, all
+    without timestamps. Whether a reply answers is then read off the reply, not off a chasing history."""
+    turns = [{k: v for k, v in turn.items() if k != "ts"} for turn in conversation["turns"]]
+    start = 0
+    for index, turn in enumerate(turns):
+        if turn.get("role") == "agent":
+            yield index, turns[start:index + 1]
+            start = index + 1
+
+
 def label_revisions(revision_paths, annotated_paths):
     """The stand-off revisions of `revision_paths` split by the annotated file they apply to (a run's training files,
     or one evaluation file): {path: [[conversation id, turn, labels], ...]}, JSON-serialisable so that they can be
@@ -129,7 +145,8 @@ def revised(conversation, revisions):
         for index, turn in enumerate(conversation["turns"])]}
 
 
-def _turn_examples(path, tokenizer_dir, encoding, digest, untimed_share, untimed_copies, share, revisions):
+def _turn_examples(path, tokenizer_dir, encoding, digest, untimed_share, untimed_copies, share, revisions,
+                   reply_only_copies):
     from transformers import AutoTokenizer
     del digest  # only part of the cache key, so that an edited file is encoded again
     encoder = TurnEncoder(AutoTokenizer.from_pretrained(tokenizer_dir), EncodingConfig.from_dict(encoding))
@@ -145,18 +162,29 @@ def _turn_examples(path, tokenizer_dir, encoding, digest, untimed_share, untimed
                 yield {**feature, "labels": [float(label in gold) for label in LABELS],
                        "conversation": conversation_number, "turn_index": target,
                        "conversation_id": str(conversation["id"])}
+        if reply_only_copies:
+            for target, excerpt in reply_only_excerpts(original):
+                _, (feature,) = encoder.encode(excerpt, targets=[len(excerpt) - 1])
+                gold = excerpt[-1]["labels"]
+                # NaN: no target for a label that the excerpt cannot show; the loss skips it
+                yield {**feature, "labels": [math.nan if label in STAGE_LABELS else float(label in gold)
+                                             for label in LABELS],
+                       "conversation": conversation_number, "turn_index": target,
+                       "conversation_id": str(original["id"])}
 
 
 def load_turn_dataset(path, tokenizer_dir, encoding: EncodingConfig, untimed_share=0.0, untimed_copies=False,
-                      share=1.0, revisions=()):
+                      share=1.0, revisions=(), reply_only_copies=False):
     """One encoded example per agent turn of `path`; `revisions` ([[id, turn, labels], ...], from
-    `label_revisions`) replace the labels of those turns."""
+    `label_revisions`) replace the labels of those turns. `reply_only_copies` adds one example per agent turn read
+    with only the message(s) it answers (`reply_only_excerpts`), with no target for `STAGE_LABELS`."""
     from datasets import Dataset
     return Dataset.from_generator(_turn_examples, gen_kwargs={
         "path": str(Path(path).resolve()), "tokenizer_dir": str(tokenizer_dir),
         "encoding": encoding.to_dict(), "digest": file_sha256(path), "untimed_share": untimed_share,
         # a string, not a list: `datasets` splits list-valued generator arguments into shards
-        "untimed_copies": untimed_copies, "share": share, "revisions": json.dumps(list(revisions))})
+        "untimed_copies": untimed_copies, "share": share, "revisions": json.dumps(list(revisions)),
+        "reply_only_copies": reply_only_copies})
 
 
 def gold_matrix(dataset):

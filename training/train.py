@@ -87,28 +87,32 @@ def positive_weights(gold, mode):
         return None
     if mode != "sqrt":
         raise ValueError(f"pos_weight must be none or sqrt, got {mode!r}")
-    positives = gold.sum(axis=0).clip(min=1)
-    return torch.tensor(np.minimum(np.sqrt((len(gold) - positives) / positives), 8.0), dtype=torch.float32)
+    known = (~np.isnan(gold)).sum(axis=0)
+    positives = np.nansum(gold, axis=0).clip(min=1)
+    return torch.tensor(np.minimum(np.sqrt((known - positives) / positives), 8.0), dtype=torch.float32)
 
 
 def loss_function(train_gold, args, device):
     """BCE per label (optionally with positive weights), or its focal form, which scales each term by
-    (1 - p_t)^gamma so that the many easy clean turns weigh less than the rare hard ones."""
+    (1 - p_t)^gamma so that the many easy clean turns weigh less than the rare hard ones. A NaN target (a label
+    the example cannot show, see `dataset.STAGE_LABELS`) adds nothing; the loss is the mean over the others."""
     import torch
     weights = positive_weights(train_gold, args.pos_weight)
     weights = weights.to(device) if weights is not None else None
-    if args.loss == "bce":
-        return torch.nn.BCEWithLogitsLoss(pos_weight=weights)
-    if args.loss != "focal":
+    if args.loss not in ("bce", "focal"):
         raise ValueError(f"loss must be bce or focal, got {args.loss!r}")
 
-    def focal(logits, targets):
+    def loss(logits, targets):
+        known = ~torch.isnan(targets)
+        targets = torch.nan_to_num(targets)
         terms = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=weights,
                                                                       reduction="none")
-        probabilities = torch.sigmoid(logits)
-        p_true = probabilities * targets + (1 - probabilities) * (1 - targets)
-        return ((1 - p_true) ** args.focal_gamma * terms).mean()
-    return focal
+        if args.loss == "focal":
+            probabilities = torch.sigmoid(logits)
+            p_true = probabilities * targets + (1 - probabilities) * (1 - targets)
+            terms = (1 - p_true) ** args.focal_gamma * terms
+        return terms[known].mean()
+    return loss
 
 
 def train(config: TrainingConfig, log=print):
@@ -140,17 +144,16 @@ def train(config: TrainingConfig, log=print):
 
     # hashed before reading, so that a data file edited while the run trains is not recorded as what it learned
     data_sha256 = data_file_hashes(config.data)
-    copies = config.data.untimed_copies
+    copies = {"untimed_copies": config.data.untimed_copies, "reply_only_copies": config.data.reply_only_copies}
     revisions = label_revisions(config.data.label_revision_files,
                                 [config.data.train_file] + config.data.extra_train_files)
     train_set = load_turn_dataset(config.data.train_file, tokenizer_dir, config.encoding,
-                                  untimed_share=config.data.untimed_share, untimed_copies=copies,
-                                  share=config.data.train_share, revisions=revisions[str(config.data.train_file)])
+                                  untimed_share=config.data.untimed_share, share=config.data.train_share,
+                                  revisions=revisions[str(config.data.train_file)], **copies)
     if config.data.extra_train_files:
         from datasets import concatenate_datasets
         train_set = concatenate_datasets([train_set] + [
-            load_turn_dataset(path, tokenizer_dir, config.encoding, untimed_copies=copies,
-                              revisions=revisions[str(path)])
+            load_turn_dataset(path, tokenizer_dir, config.encoding, revisions=revisions[str(path)], **copies)
             for path in config.data.extra_train_files])
     if args.max_train_examples:
         train_set = train_set.shuffle(seed=args.seed).select(range(min(args.max_train_examples, len(train_set))))

@@ -5,7 +5,7 @@ import pytest
 from hengwen.model.encoding import EncodingConfig
 from hengwen.training.args import DataArguments
 from hengwen.training.dataset import (data_file_hashes, data_files, in_share, label_revisions, load_turn_dataset,
-                                      timing_variants, without_timestamps)
+                                      reply_only_excerpts, timing_variants, without_timestamps)
 
 from ..conftest import TINY_DATA
 
@@ -75,6 +75,37 @@ def test_untimed_copies_double_the_timed_examples_with_and_without_gap_markers(t
     with_markers, without_markers, _ = dataset["input_ids"]
     assert len(without_markers) < len(with_markers)
     assert dataset["labels"][0] == dataset["labels"][1]
+
+
+def _chased_conversation():
+    return {"id": "c9", "turns": [
+        {"role": "customer", "text": "这个能保修吗", "ts": "2026-01-01T10:00:00+08:00"},
+        {"role": "agent", "text": "可以的亲，三年质保", "ts": "2026-01-01T10:01:00+08:00", "labels": []},
+        {"role": "customer", "text": "坏了，怎么修", "ts": "2026-01-09T10:00:00+08:00"},
+        {"role": "customer", "text": "人呢？", "ts": "2026-01-09T15:00:00+08:00"},
+        {"role": "agent", "text": "等着", "ts": "2026-01-10T09:00:00+08:00",
+         "labels": ["perfunctory", "cold-follow-up"]}]}
+
+
+def test_reply_only_excerpts_keep_each_reply_with_the_messages_it_answers_and_no_timestamps():
+    excerpts = list(reply_only_excerpts(_chased_conversation()))
+    assert [index for index, _ in excerpts] == [1, 4]
+    assert [turn["text"] for turn in excerpts[1][1]] == ["坏了，怎么修", "人呢？", "等着"]
+    assert not any("ts" in turn for _, excerpt in excerpts for turn in excerpt)
+
+
+def test_reply_only_copies_add_one_example_per_agent_turn_with_no_stage_target(tmp_path, tiny_base):
+    import math
+    path = tmp_path / "chased.jsonl"
+    path.write_text(json.dumps(_chased_conversation(), ensure_ascii=False) + "\n", encoding="utf-8")
+    plain = load_turn_dataset(path, tiny_base, EncodingConfig())
+    dataset = load_turn_dataset(path, tiny_base, EncodingConfig(), reply_only_copies=True)
+    assert dataset["turn_index"] == [1, 4, 1, 4]
+    assert dataset["input_ids"][:2] == plain["input_ids"]
+    assert len(dataset["input_ids"][3]) < len(dataset["input_ids"][1])
+    perfunctory, stage = 1, 3
+    assert dataset["labels"][3][perfunctory] == 1.0 and math.isnan(dataset["labels"][3][stage])
+    assert dataset["labels"][1][stage] == 1.0
 
 
 def test_only_file_settings_are_hashed():

@@ -72,6 +72,27 @@ def test_focal_loss_is_bce_at_gamma_zero_and_down_weights_easy_turns():
         loss_function(gold, TrainArguments(loss="hinge"), "cpu")
 
 
+def test_a_nan_target_adds_nothing_to_the_loss_or_the_positive_weights():
+    import torch
+
+    from hengwen.training.args import TrainArguments
+    from hengwen.training.train import loss_function, positive_weights
+    gold = np.array([[1, 0, 0, 1], [0, 0, 0, 0], [0, 1, 0, 1]], dtype=np.float32)
+    with_unknown = np.vstack([gold, [[0, 0, 0, np.nan]] * 50]).astype(np.float32)
+    assert torch.equal(positive_weights(with_unknown, "sqrt")[3], positive_weights(gold, "sqrt")[3])
+    for loss in ("bce", "focal"):
+        logits = torch.tensor([[4.0, -4.0, -3.0, 0.2]], requires_grad=True)
+        masked = loss_function(gold, TrainArguments(loss=loss), "cpu")(logits, torch.tensor([[1.0, 0.0, 0.0, np.nan]]))
+        masked.backward()
+        assert torch.isfinite(masked) and logits.grad[0, 3] == 0 and logits.grad[0, 0] != 0
+    weights = positive_weights(gold, "sqrt")[:3]
+    known_terms = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits[:, :3], torch.tensor([[1.0, 0.0, 0.0]]), pos_weight=weights, reduction="none")
+    weighted_bce = loss_function(gold, TrainArguments(loss="bce", pos_weight="sqrt"), "cpu")
+    masked_bce = weighted_bce(logits, torch.tensor([[1.0, 0.0, 0.0, np.nan]]))
+    assert torch.isclose(masked_bce, known_terms.mean())
+
+
 def test_extra_train_files_are_trained_on_and_hashed(tmp_path, tiny_base):
     from ..conftest import TINY_DATA
     lines = []
