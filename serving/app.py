@@ -259,6 +259,41 @@ class TokenAuth:
         await self.app(scope, receive, send_with_cookie)
 
 
+class BodyLimit:
+    """Reads the request body before the app does and answers a JSON 413 that names the limit once the body is over
+    it, whether its Content-Length says so or it arrives in chunks (Starlette's own limit answers in plain text)."""
+
+    def __init__(self, app, max_bytes):
+        self.app, self.max_bytes = app, max_bytes
+
+    def _too_large(self):
+        return JSONResponse({"detail": f"request body over the limit of {self.max_bytes} bytes (--max-body-bytes): "
+                                       "split the request or raise the limit"}, status_code=413)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = HTTPConnection(scope).headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._too_large()(scope, receive, send)
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                return await self._too_large()(scope, receive, send)
+            if not message.get("more_body"):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
 class AccessLog:
     """One log line per request (method, path without query, status, time) and a 500 instead of any crash;
     an error is logged by its type only, since its message may quote transcript text."""
@@ -280,7 +315,7 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_and_note)
         except Exception as error:
-            # FastAPI's body limit sends its 413 and then raises to stop reading: that request was answered.
+            # an error after a response below 500 went out (a client gone mid-stream) left nothing unanswered
             if status is None or status >= 500:
                 log.error("%s %s failed: %s", scope["method"], scope["path"], type(error).__name__,
                           exc_info=error if self.debug else None)
@@ -326,7 +361,6 @@ def create_app(settings: ServeSettings):
                    "threads": settings.threads, "evidence_words": settings.evidence_words}}
 
     app = FastAPIOffline(title="hengwen", version=package_version("hengwen"), redoc_url=None,
-                         max_body_size=settings.max_body_bytes,
                          description="Hints for a draft agent reply and per-turn scores for overbearing, "
                                      "perfunctory, vague-expertise and cold-follow-up.")
     app.state.hinter = hinter
@@ -376,6 +410,7 @@ def create_app(settings: ServeSettings):
                                     registry=registry)
     instrumentator.add(metrics.requests(registry=registry),
                        metrics.latency(buckets=LATENCY_BUCKETS, should_include_status=False, registry=registry))
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.token:
         app.add_middleware(TokenAuth, token=settings.token)
     app.add_middleware(AccessLog, debug=settings.debug)

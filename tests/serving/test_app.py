@@ -158,7 +158,13 @@ def test_text_json_cannot_carry_gets_a_4xx_or_an_error_record_never_a_500(client
 def test_size_and_batch_limits_give_413(firing_model):
     with client_for(firing_model, max_body_bytes=2000, max_batch=2) as limited:
         big = limited.post("/v1/hint", json={"draft": "好" * 3000})
-        assert big.status_code == 413
+        assert big.status_code == 413 and "limit of 2000 bytes" in big.json()["detail"]
+        streamed = limited.post("/v1/hint", content=iter([b'{"draft": "', b"x" * 1500, b"x" * 1500, b'"}']),
+                                headers={"Content-Type": "application/json"})
+        assert streamed.status_code == 413 and "--max-body-bytes" in streamed.json()["detail"]
+        small_chunks = limited.post("/v1/hint", content=iter([b'{"draft": ', '"好的"}'.encode()]),
+                                    headers={"Content-Type": "application/json"})
+        assert small_chunks.status_code == 200
         conversation = {"id": "c", "turns": [{"role": "agent", "text": "好的"}]}
         assert limited.post("/v1/score", json={"conversations": [conversation] * 2}).status_code == 200
         too_many = limited.post("/v1/score", json={"conversations": [conversation] * 3})
